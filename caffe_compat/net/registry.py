@@ -1,0 +1,90 @@
+"""The layer registry: one small class per Caffe layer type, registered by its type name.
+
+Mirrors Caffe's ``layer_factory``: ``@register_layer("Convolution")`` on a :class:`Layer`
+subclass makes the net builder use it for every ``type: "Convolution"`` layer. Users add
+their own types (and Caffe's ``type: "Python"`` layers, keyed by ``python_param.layer``)
+the same way, from any module imported before the net is built.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, TypeVar
+
+import torch
+from torch import nn
+
+from caffe_compat.errors import CaffeCompatError
+
+Shape = tuple[int, ...]
+
+TRAIN, TEST = 0, 1  # caffe.Phase values
+
+
+class Layer(nn.Module):
+    """Base of every Caffe layer.
+
+    Built once from its ``LayerParameter`` (``self.param``), the shapes of its bottoms and the
+    phase. Learnable and state blobs live in ``self.blobs`` in Caffe's order (the order of a
+    caffemodel's ``blobs``), so weight import/export is a by-index copy. ``forward`` takes the
+    bottom tensors in prototxt order and returns a tuple of top tensors.
+    """
+
+    #: True for layers that Caffe treats as losses (default ``loss_weight: 1`` on top 0).
+    is_loss: bool = False
+    #: True for data sources (Data, ImageData, ...): no bottoms; the builder takes their tops
+    #: from the caller's inputs when given, else calls :meth:`next_batch`.
+    is_source: bool = False
+
+    def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
+        super().__init__()
+        self.param = param
+        self.name: str = param.name
+        self.phase = phase
+        self.bottom_shapes: list[Shape] = [tuple(s) for s in bottom_shapes]
+        self.blobs = nn.ParameterList()
+
+    def top_shapes(self) -> list[Shape]:
+        """Shapes of the tops for ``self.bottom_shapes`` (shape inference, clear errors, inspect)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement top_shapes")
+
+    def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:  # pragma: no cover
+        raise NotImplementedError
+
+    def next_batch(self) -> tuple[torch.Tensor, ...]:
+        """The next batch of a source layer's tops (only for ``is_source`` layers)."""
+        raise self.fail("this layer reads no data by itself; pass its tops as inputs")
+
+    def fail(self, message: str) -> CaffeCompatError:
+        """An error naming this layer, for bad parameters or shapes."""
+        return CaffeCompatError(f"layer '{self.name}' (type {self.param.type}): {message}")
+
+
+LAYERS: dict[str, type[Layer]] = {}
+L = TypeVar("L", bound=type[Layer])
+
+
+def register_layer(*type_names: str) -> Callable[[L], L]:
+    """Class decorator: make the builder use this class for the given Caffe type names."""
+
+    def deco(cls: L) -> L:
+        for type_name in type_names:
+            LAYERS[type_name] = cls
+        return cls
+
+    return deco
+
+
+def layer_class(param) -> type[Layer]:
+    """The class for a LayerParameter, or a clear error naming the layer and the supported list."""
+    import caffe_compat.net.layers  # noqa: F401  (registers the built-in layers)
+
+    key = param.type
+    if key == "Python":
+        key = f"Python:{param.python_param.module}.{param.python_param.layer}"
+    if key not in LAYERS:
+        supported = ", ".join(sorted(k for k in LAYERS if not k.startswith("Python:")))
+        raise CaffeCompatError(
+            f"layer '{param.name}': unknown type '{key}'. Supported: {supported}. "
+            "Register your own with caffe_compat.net.registry.register_layer."
+        )
+    return LAYERS[key]
