@@ -1,0 +1,7 @@
+#!/usr/bin/env python3
+"""Same as `caffe-compat workflow clean-annotations` (logic in caffe_compat.workflow)."""
+
+from caffe_compat.cli.workflow import run_step
+
+if __name__ == "__main__":
+    run_step("clean-annotations")
