@@ -1,0 +1,140 @@
+"""The batch sequence of a Caffe data layer, as a map-style ``Dataset`` of whole batches.
+
+Caffe's data layers read records in order and wrap around at the end; with ``S`` solvers, rank
+``r`` keeps the records whose running offset ``o`` has ``o % S == r`` (``DataLayer::Skip``).
+Batch ``b`` of rank ``r`` is therefore a pure function of ``b``: records
+``(b*batch_size + i)*S + r`` modulo the record count (through the epoch's permutation when
+shuffling, as ImageData does). Random crops/mirrors are drawn from an RNG seeded by
+``(seed, rank, b)``, so results do not depend on how many DataLoader workers produced them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from caffe_compat.data.transformer import CropPlan, DataTransformer
+from caffe_compat.errors import CaffeCompatError
+
+
+class CaffeBatches(Dataset):
+    """``batches[b]`` = ``(data float32 NxCxHxW, label float32 N)`` of the b-th forward.
+
+    ``source`` is any dataset of ``(CxHxW array, label)`` (LMDBDataset, ImageListDataset).
+    With ``raw=True`` items are ``(uint8 NxCxHxW uncropped, label, plans int64 Nx3)`` for
+    :meth:`finish` to crop/mirror/normalise on the GPU.
+    """
+
+    def __init__(self, source: Dataset, transformer: DataTransformer, batch_size: int, *, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, shuffle: bool = False, start_offset: int = 0,
+                 raw: bool = False) -> None:
+        if batch_size <= 0:
+            raise CaffeCompatError("batch_size must be > 0")
+        if not 0 <= rank < world_size:
+            raise CaffeCompatError(f"rank {rank} is not in [0, {world_size})")
+        self.source = source
+        self.count = len(source)  # type: ignore[arg-type]
+        if self.count == 0:
+            raise CaffeCompatError("the data source is empty")
+        self.transformer = transformer
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.start_offset = start_offset
+        self.raw = raw
+        self._perms: dict[int, np.ndarray] = {}
+
+    def record_indices(self, batch: int) -> list[int]:
+        """Positions in ``source`` read by this rank's ``batch``-th forward, in order."""
+        offsets = [self.start_offset + (batch * self.batch_size + i) * self.world_size + self.rank
+                   for i in range(self.batch_size)]
+        if not self.shuffle:
+            return [o % self.count for o in offsets]
+        return [int(self._permutation(o // self.count)[o % self.count]) for o in offsets]
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        """The record order of one epoch (ImageData reshuffles at every wrap-around)."""
+        if epoch not in self._perms:
+            if len(self._perms) >= 2:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.count)
+        return self._perms[epoch]
+
+    def wraps(self, batch: int) -> bool:
+        """Whether Caffe's cursor passes the last record during this batch (it then logs
+        "Restarting data prefetching from start.")."""
+        first = self.start_offset + batch * self.batch_size * self.world_size + self.rank
+        last = first + (self.batch_size - 1) * self.world_size
+        return (last + 1) // self.count > first // self.count
+
+    def _load(self, batch: int) -> tuple[list[np.ndarray], list[int], list[CropPlan]]:
+        rng = np.random.default_rng([self.seed, self.rank, batch]) if self.transformer.needs_rng else None
+        images, labels, plans = [], [], []
+        read = getattr(self.source, "borrow", self.source.__getitem__)  # zero-copy where offered
+        for index in self.record_indices(batch):
+            image, label = read(index)
+            images.append(image)
+            labels.append(label)
+            plans.append(self.transformer.plan(image.shape[1], image.shape[2], rng))
+        return images, labels, plans
+
+    def _check_same_shape(self, images: Sequence[np.ndarray]) -> tuple[int, ...]:
+        shape = images[0].shape
+        for image in images[1:]:
+            if image.shape != shape and not self.transformer.crop_size:
+                raise CaffeCompatError(
+                    f"records of one batch differ in shape ({shape} vs {image.shape}); "
+                    "set crop_size or resize them to one size"
+                )
+        return self.transformer.output_shape(shape)
+
+    def __getitem__(self, batch: int):
+        images, labels, plans = self._load(batch)
+        out_shape = self._check_same_shape(images)
+        label = torch.tensor(labels, dtype=torch.float32)
+        if self.raw:
+            if any(image.shape != images[0].shape for image in images):
+                raise CaffeCompatError("raw (GPU-transform) batches need records of one size")
+            plan_t = torch.tensor([(p.h_off, p.w_off, p.mirror) for p in plans], dtype=torch.int64)
+            return torch.from_numpy(np.stack(images)), label, plan_t
+        data = torch.empty((len(images), *out_shape), dtype=torch.float32)
+        if get_worker_info() is not None:
+            data.share_memory_()  # filled in place: sending it to the main process copies nothing
+        slots = data.numpy()
+        for i, (image, plan) in enumerate(zip(images, plans)):
+            self.transformer.apply(image, plan, out=slots[i])
+        return data, label
+
+    def finish(self, images: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
+        """The float32 data of a ``raw=True`` batch, transformed where ``images`` lives (e.g. GPU)."""
+        crop_plans = [CropPlan(int(h), int(w), bool(m)) for h, w, m in plans.tolist()]
+        return self.transformer.apply_torch(images, crop_plans)
+
+
+class _Count(Sampler):
+    """Batch indices ``start, start+1, ...`` (endless unless ``stop``); fresh on every iter()."""
+
+    def __init__(self, start: int, stop: int | None) -> None:
+        self.start, self.stop = start, stop
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop)) if self.stop is not None else itertools.count(self.start)
+
+    def __len__(self) -> int:
+        if self.stop is None:
+            raise TypeError("endless batch sampler has no length")
+        return self.stop - self.start
+
+
+def batch_loader(batches: CaffeBatches, num_workers: int = 0, start: int = 0, stop: int | None = None,
+                 prefetch_factor: int = 4, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader yielding batches ``start, start+1, ...`` in order, built by worker processes."""
+    extra = {"prefetch_factor": prefetch_factor, "persistent_workers": True} if num_workers else {}
+    return DataLoader(batches, batch_size=None, sampler=_Count(start, stop), num_workers=num_workers,
+                      pin_memory=pin_memory, **extra)

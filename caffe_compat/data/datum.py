@@ -1,0 +1,100 @@
+"""``caffe.Datum`` <-> arrays, with the exact field layout Caffe's tools write.
+
+Raw datums (``CVMatToDatum``) set channels/height/width, planar BGR bytes, the label (also 0)
+and ``encoded: false`` explicitly; encoded datums set only data, label and ``encoded: true``.
+Decoding follows ``DecodeDatumNative`` (``IMREAD_UNCHANGED``) unless the transform forces colour
+or grey, like ``DataTransformer``.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from caffe_compat.data.imageio import decode_image, hwc_to_chw, imread_flag
+from caffe_compat.io.wire import LENGTH_DELIMITED, VARINT, WireError, iter_fields, read_varint
+from caffe_compat.proto import caffe_pb2
+
+
+def raw_datum(chw: np.ndarray, label: int) -> bytes:
+    """Serialized raw Datum of a uint8 CxHxW array (what ``CVMatToDatum`` + label gives)."""
+    c, h, w = chw.shape
+    datum = caffe_pb2.Datum(
+        channels=c, height=h, width=w, data=chw.tobytes(), label=label, encoded=False
+    )
+    return datum.SerializeToString()
+
+
+def encoded_datum(data: bytes, label: int) -> bytes:
+    """Serialized encoded Datum (``ReadFileToDatum`` / ``imencode`` path): no shape fields."""
+    return caffe_pb2.Datum(data=data, label=label, encoded=True).SerializeToString()
+
+
+def parse_datum(value: bytes) -> caffe_pb2.Datum:
+    datum = caffe_pb2.Datum()
+    datum.ParseFromString(value)
+    return datum
+
+
+def decode_flag(force_color: bool = False, force_gray: bool = False) -> int:
+    """Caffe's decode mode for encoded datums: native unless a colour mode is forced."""
+    if force_color and force_gray:
+        raise ValueError("cannot set both force_color and force_gray")
+    if force_color or force_gray:
+        return imread_flag(force_color)
+    return cv2.IMREAD_UNCHANGED
+
+
+def datum_array(datum: caffe_pb2.Datum, flag: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """The datum's pixels as CxHxW: uint8 for data/encoded datums, float32 for float_data.
+
+    ValueError (caught and located by callers) for an undecodable or non-8-bit encoded image or
+    a data field whose size disagrees with channels*height*width.
+    """
+    if datum.encoded:
+        img = decode_image(datum.data, flag)
+        if img is None:
+            raise ValueError("could not decode the encoded image")
+        if img.dtype != np.uint8:
+            raise ValueError(f"image data type must be unsigned byte, got {img.dtype}")
+        return hwc_to_chw(img)
+    shape = (datum.channels, datum.height, datum.width)
+    count = shape[0] * shape[1] * shape[2]
+    data = datum.data  # every access copies the bytes: take them once
+    if data:
+        if len(data) != count:
+            raise ValueError(f"data has {len(data)} bytes, shape {shape} needs {count}")
+        return np.frombuffer(data, np.uint8).reshape(shape)
+    if len(datum.float_data) != count:
+        raise ValueError(f"float_data has {len(datum.float_data)} values, shape {shape} needs {count}")
+    return np.asarray(datum.float_data, np.float32).reshape(shape)
+
+
+
+def raw_datum_view(value: memoryview) -> tuple[np.ndarray, int] | None:
+    """Pixels (a zero-copy view into ``value``) and label of a plain raw uint8 Datum.
+
+    Walks the wire format instead of parsing, since protobuf would copy the pixel bytes twice;
+    returns None for anything else (encoded, float_data, malformed, size mismatch) so callers
+    fall back to :func:`parse_datum` + :func:`datum_array` and their checks and messages.
+    """
+    varints = {}
+    span = (0, 0)
+    try:
+        for f in iter_fields(value, 0, len(value)):
+            if f.wire_type == VARINT and f.number in (1, 2, 3, 5, 7):
+                varints[f.number] = read_varint(value, f.value_start, f.end)[0]
+            elif f.wire_type == LENGTH_DELIMITED and f.number == 4:
+                span = (f.value_start, f.end)
+            else:
+                return None
+    except WireError:
+        return None
+    if varints.get(7):
+        return None
+    shape = (varints.get(1, 0), varints.get(2, 0), varints.get(3, 0))
+    if not span[1] - span[0] or span[1] - span[0] != shape[0] * shape[1] * shape[2]:
+        return None
+    label = varints.get(5, 0) & 0xFFFFFFFF  # an int32 field: the low 32 bits, two's complement
+    label = label - (1 << 32) if label >= 1 << 31 else label
+    return np.frombuffer(value[span[0] : span[1]], np.uint8).reshape(shape), label
