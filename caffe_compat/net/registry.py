@@ -27,6 +27,23 @@ class Layer(nn.Module):
     phase. Learnable and state blobs live in ``self.blobs`` in Caffe's order (the order of a
     caffemodel's ``blobs``), so weight import/export is a by-index copy. ``forward`` takes the
     bottom tensors in prototxt order and returns a tuple of top tensors.
+
+    Rules the net builder (``caffe_compat.net.builder.CaffeNet``) relies on:
+
+    - ``param`` is the layer's own copy; a layer may change it the way Caffe's LayerSetUp
+      changes ``layer_param_`` (BatchNorm appends ``lr_mult: 0`` param specs). It is what
+      ``CaffeNet.to_net_parameter`` writes, so snapshots match Caffe's.
+    - Read blobs as ``self.blobs[i]`` at forward time: Caffe's named-param sharing replaces
+      entries of ``self.blobs`` with the owner layer's Parameter after construction.
+    - A blob created with ``requires_grad=False`` is state that backprop never changes (the
+      BatchNorm statistics); the builder sets ``requires_grad`` of the others from the
+      ParamSpec (``lr_mult > 0`` or ``force_backward``).
+    - ``forward`` must not read ``self.param`` (protobuf containers break ``torch.compile``
+      graphs): copy what it needs into plain attributes in ``__init__``.
+    - ``forward`` must not modify its bottoms in place (prototxt in-place layers are handled by
+      the builder rebinding the blob name); it may return views.
+    - ``is_loss`` layers get Caffe's LossLayer defaults from the builder: ``loss_weight: 1``
+      on top 0 when none is given, and an anonymous top when the prototxt names none.
     """
 
     #: True for layers that Caffe treats as losses (default ``loss_weight: 1`` on top 0).

@@ -1,0 +1,79 @@
+"""Inference-only speed-up: fold Caffe's Convolution -> BatchNorm -> Scale chains into the conv.
+
+With global statistics, BatchNorm and the following Scale are a per-channel affine map, so
+    W' = W * g / sqrt(var + eps),   b' = (b - mean) * g / sqrt(var + eps) + beta
+gives the same top with one conv and no extra passes over memory (about a third of a
+ResNet's CPU forward time). The folded net is no longer Caffe's layout: use it for
+inference only, not for training, snapshots or per-layer blob dumps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from caffe_compat.net.builder import CaffeNet, Step
+from caffe_compat.net.layers.normalization import BatchNorm, Scale
+from caffe_compat.net.layers.vision import Convolution
+
+
+def _in_place_on(step: Step, blob: str) -> bool:
+    return step.bottoms == (blob,) and step.tops == (blob,)
+
+
+def _bn_affine(bn: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(multiplier, offset) of BatchNorm with its stored statistics, in float64."""
+    factor = bn.blobs[2].double()
+    factor = torch.where(factor == 0, torch.zeros_like(factor), 1 / factor)
+    mean, var = bn.blobs[0].double() * factor, bn.blobs[1].double() * factor
+    inv = 1 / torch.sqrt(var + bn.eps)
+    return inv, -mean * inv
+
+
+def fold_batchnorm(net: CaffeNet) -> list[str]:
+    """Fold every Convolution followed in place by a global-stats BatchNorm (and optionally a
+    per-channel Scale) into the convolution; returns the names of the removed layers."""
+    removed: list[str] = []
+    steps = net.steps
+    i = 0
+    while i < len(steps):
+        conv = steps[i].layer
+        if not isinstance(conv, Convolution) or conv.channel_axis != 1 or i + 1 >= len(steps):
+            i += 1
+            continue
+        blob = steps[i].tops[0]
+        bn_step = steps[i + 1]
+        if not (isinstance(bn_step.layer, BatchNorm) and bn_step.layer.use_global_stats
+                and _in_place_on(bn_step, blob)):
+            i += 1
+            continue
+        mult, offset = _bn_affine(bn_step.layer)
+        chain = [bn_step]
+        if i + 2 < len(steps):
+            scale_step = steps[i + 2]
+            scale = scale_step.layer
+            if (isinstance(scale, Scale) and scale.learned_scale and _in_place_on(scale_step, blob)
+                    and scale.axis == 1 and tuple(scale.blobs[0].shape) == (conv.num_output,)):
+                gamma = scale.blobs[0].double()
+                mult, offset = mult * gamma, offset * gamma
+                if scale.bias_term:
+                    offset = offset + scale.blobs[1].double()
+                chain.append(scale_step)
+        _fold_into(conv, mult, offset)
+        removed += [s.name for s in chain]
+        i += 1 + len(chain)
+    net.drop_layers(removed)
+    return removed
+
+
+def _fold_into(conv: Convolution, mult: torch.Tensor, offset: torch.Tensor) -> None:
+    weight = conv.blobs[0]
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    bias = conv.blobs[1].double() if conv.bias_term else torch.zeros_like(mult)
+    with torch.no_grad():
+        weight.copy_(weight.double() * mult.reshape(shape))
+        new_bias = bias * mult + offset
+        if conv.bias_term:
+            conv.blobs[1].copy_(new_bias)
+        else:
+            conv.blobs.append(torch.nn.Parameter(new_bias.float(), requires_grad=weight.requires_grad))
+            conv.bias_term = True
