@@ -1,0 +1,73 @@
+"""Regenerate every committed prototxt in this folder from caffe_compat.workflow.prototxt_defs.
+
+    .venv/bin/python prototxt/generate.py          # rewrite the files
+    .venv/bin/python prototxt/generate.py --check  # exit 1 if a committed file differs
+
+Paths inside the files are relative to the folder you run ``caffe-compat train`` from (the
+project root holding ``data/`` and ``snapshots/``); see README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from caffe_compat.io.atomic import atomic_write_bytes
+from caffe_compat.workflow.prototxt_defs import DataSpec, SolverSpec, deploy, solver, train_val
+
+HERE = Path(__file__).resolve().parent
+
+# Face score, 40 classes: 40 x 1000 train images (batch 32 -> 1250 iterations an epoch) and
+# 40 x 200 val images (batch 25 -> 320 test iterations cover them once); 16 epochs.
+SCORE40 = dict(
+    data=DataSpec(),
+    solver=dict(base_lr=0.001, stepsize=8000, max_iter=20000, test_iter=320, test_interval=1250,
+                snapshot=2500),
+)
+# SCUT-FBP5500, 60/40 split: 3300 train images (batch 32 -> 104 iterations an epoch), 2200 test
+# images (batch 25 -> 88 test iterations); about 58 epochs.
+SCUT = dict(
+    data=DataSpec(train_source="data/scut_train_lmdb", val_source="data/scut_test_lmdb",
+                  mean_file="data/scut_mean.binaryproto"),
+    solver=dict(base_lr=0.001, stepsize=2500, max_iter=6000, test_iter=88, test_interval=500,
+                snapshot=1000),
+)
+
+
+def files() -> dict[str, str]:
+    """Relative path -> content of every generated file."""
+    out: dict[str, str] = {}
+    for backbone in ("resnet50", "resnet50_1by2"):
+        for folder, task, recipe in ((backbone, "score40", SCORE40),
+                                     (f"scut_fbp5500/{backbone}", "scut", SCUT)):
+            out[f"{folder}/train_val.prototxt"] = train_val(backbone, task, recipe["data"])
+            out[f"{folder}/deploy.prototxt"] = deploy(backbone, task)
+            prefix = f"snapshots/{backbone}_{task}"
+            out[f"{folder}/solver.prototxt"] = solver(SolverSpec(
+                net=f"prototxt/{folder}/train_val.prototxt", snapshot_prefix=prefix,
+                **recipe["solver"]))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    args = parser.parse_args()
+    stale = []
+    for rel, text in files().items():
+        path = HERE / rel
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(rel)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, text.encode("utf-8"))
+            print(f"wrote prototxt/{rel}")
+    for rel in stale:
+        print(f"out of date: prototxt/{rel} (run prototxt/generate.py)", file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
