@@ -5,8 +5,9 @@ runs), then with ``torch.inference_mode`` + channels_last, then with BatchNorm+S
 into the convolutions (``caffe_compat.net.fold``), optionally torch.compile and bf16. Real
 Caffe's CPU forward took 30-45 ms per image at batch 1 on the 2-core dev box.
 
-    # the 2-core CPU dev box (threads 2, batch 1 and 16)
-    .venv/bin/python benchmarks/bench_net.py --threads 2 --batch 1 16
+    # the 2-core CPU dev box (threads 2, batch 1 and 16); on a box shared with other jobs
+    # OpenMP's spin-waiting makes 2-thread runs collapse: add OMP_WAIT_POLICY=PASSIVE
+    .venv/bin/python benchmarks/bench_net.py --threads 2 --batch 1 16 --compile
     # a GPU: batch 256 in bf16, channels_last, eager and compiled
     .venv/bin/python benchmarks/bench_net.py --device cuda --batch 256 --bf16 --compile
 

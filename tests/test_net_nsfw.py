@@ -30,9 +30,10 @@ def forward(resnet: CaffeNet) -> NetRun:
 
 
 def close(ours: torch.Tensor, ref: np.ndarray, tol: float) -> float:
-    """Max error, relative for values above 1 (conv_1 reaches ~600)."""
+    """Max abs error over the stored slice, relative to the blob's scale when that is above 1
+    (the raw conv_1 reaches ~600, where float32 summation order alone moves values by 3e-4)."""
     ours = ours[tuple(slice(0, n) for n in ref.shape)].numpy()
-    err = float((np.abs(ours - ref) / np.maximum(1.0, np.abs(ref))).max())
+    err = float(np.abs(ours - ref).max() / max(1.0, float(np.abs(ref).max())))
     assert err <= tol, err
     return err
 

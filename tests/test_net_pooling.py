@@ -74,3 +74,37 @@ def test_pooling_matches_caffes_loops(h, w, kh, kw, sh, sw, data, ceil, method) 
     np.testing.assert_allclose(tops[0].numpy(), ref, rtol=1e-5, atol=1e-6)
     if method == "MAX":
         np.testing.assert_array_equal(tops[1].numpy(), ref_mask)
+
+
+def stochastic(phase: int, kernel: int = 3, stride: int = 2) -> Pooling:
+    param = caffe_pb2.LayerParameter(name="sto", type="Pooling", bottom=["x"], top=["y"])
+    param.pooling_param.pool = caffe_pb2.PoolingParameter.STOCHASTIC
+    param.pooling_param.kernel_size, param.pooling_param.stride = kernel, stride
+    return Pooling(param, [(2, 3, 6, 6)], phase)
+
+
+def test_stochastic_test_phase_is_the_probability_weighted_mean() -> None:
+    x = torch.rand(2, 3, 6, 6)
+    x[0, 0] = 0  # all-zero windows give 0, not NaN
+    (y,) = stochastic(phase=1)(x)
+    assert y.shape == (2, 3, 3, 3)  # ceil: (6 - 3) / 2 -> 2 + 1, last window clipped
+    for i in range(3):
+        for j in range(3):
+            window = x[:, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].reshape(2, 3, -1)
+            expected = (window**2).sum(-1) / window.sum(-1)
+            expected[0, 0] = 0
+            assert torch.allclose(y[:, :, i, j], expected, atol=1e-6)
+
+
+def test_stochastic_train_phase_samples_in_proportion_and_routes_the_gradient() -> None:
+    torch.manual_seed(0)
+    layer = stochastic(phase=0, kernel=2, stride=2)
+    x = torch.zeros(2, 3, 6, 6)
+    x[..., 0, 0], x[..., 0, 1], x[..., 1, 0] = 1.0, 3.0, 0.0  # first window: P(1) = 1/4, P(3) = 3/4
+    draws = torch.stack([layer(x)[0][..., 0, 0] for _ in range(400)])
+    assert set(draws.unique().tolist()) <= {1.0, 3.0}
+    assert abs((draws == 3.0).float().mean().item() - 0.75) < 0.05
+    leaf = x.clone().requires_grad_()
+    (y,) = layer(leaf)
+    y.sum().backward()
+    assert leaf.grad[..., :2, :2].sum().item() == 6.0  # one pick per (n, c) in that window

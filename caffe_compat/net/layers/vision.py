@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from caffe_compat.net.fillers import filled
 from caffe_compat.net.layers.shape_ops import canonical_axis
-from caffe_compat.net.registry import Layer, Shape, register_layer
+from caffe_compat.net.registry import TRAIN, Layer, Shape, register_layer
 from caffe_compat.proto import caffe_pb2
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -155,7 +155,7 @@ def _torch_pool_out(size: int, kernel: int, pad: int, stride: int, ceil: bool) -
 
 @register_layer("Pooling")
 class Pooling(Layer):
-    """MAX / AVE pooling with Caffe's geometry.
+    """MAX / AVE / STOCHASTIC pooling with Caffe's geometry.
 
     Output size: ceil (default ``round_mode``) or floor of (in + 2p - k) / s, plus 1; with any
     padding, a last window starting at or past in + p is dropped. AVE divides by the window
@@ -170,8 +170,6 @@ class Pooling(Layer):
         if len(shape) != 4:
             raise self.fail(f"needs a 4-axis (num, channels, height, width) bottom, got {shape}")
         self.method = p.pool
-        if self.method == caffe_pb2.PoolingParameter.STOCHASTIC:
-            raise self.fail("STOCHASTIC pooling only exists in Caffe's GPU code; not supported")
         self.global_pooling = p.global_pooling
         if self.global_pooling:
             if p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w"):
@@ -196,6 +194,8 @@ class Pooling(Layer):
             raise self.fail("filter dimensions cannot be zero")
         if any(pad >= k for pad, k in zip(self.pad, kernel)):
             raise self.fail(f"pad {self.pad} must be smaller than the kernel {kernel}")
+        if any(self.pad) and self.method == caffe_pb2.PoolingParameter.STOCHASTIC:
+            raise self.fail("padding is implemented only for AVE and MAX pooling")
         self.ceil = p.round_mode == caffe_pb2.PoolingParameter.CEIL
         self.with_mask = len(param.top) > 1
         if self.with_mask and self.method != caffe_pb2.PoolingParameter.MAX:
@@ -238,6 +238,8 @@ class Pooling(Layer):
         native = torch_out == out and all(2 * p <= k for p, k in zip(self.pad, kernel))
         if self.method == caffe_pb2.PoolingParameter.AVE:
             return (self._average(x, kernel, out, native),)
+        if self.method == caffe_pb2.PoolingParameter.STOCHASTIC:
+            return (self._stochastic(x, kernel, out),)
         return self._max(x, kernel, out, native)
 
     def _padding(self, size: tuple[int, int], kernel, out) -> list[int]:
@@ -280,3 +282,23 @@ class Pooling(Layer):
             if not self.with_mask:
                 return (y,)
         return (y, index.to(torch.float32))
+
+    def _stochastic(self, x, kernel, out) -> torch.Tensor:
+        """Caffe's (GPU-only) STOCHASTIC pooling. TRAIN: one value per window, drawn with
+        probability proportional to it (the first whose running sum reaches u * window sum);
+        TEST: the probability-weighted mean sum(x^2) / sum(x), 0 where sum(x) <= 0."""
+        padded = F.pad(x, self._padding((x.shape[-2], x.shape[-1]), kernel, out))
+        if self.phase != TRAIN:
+            total = F.avg_pool2d(padded, kernel, self.stride, divisor_override=1)
+            squares = F.avg_pool2d(padded * padded, kernel, self.stride, divisor_override=1)
+            total, squares = total[..., : out[0], : out[1]], squares[..., : out[0], : out[1]]
+            return torch.where(total > 0, squares / total.clamp_min(torch.finfo(total.dtype).tiny),
+                               torch.zeros_like(total))
+        n, c = x.shape[0], x.shape[1]
+        full = [(padded.shape[2 + i] - kernel[i]) // self.stride[i] + 1 for i in range(2)]
+        windows = F.unfold(padded, kernel, stride=self.stride)
+        windows = windows.view(n, c, kernel[0] * kernel[1], *full)[..., : out[0], : out[1]]
+        running = windows.cumsum(2)
+        threshold = torch.rand_like(running[:, :, :1]) * running[:, :, -1:]
+        pick = (running >= threshold).to(torch.uint8).argmax(2, keepdim=True)
+        return windows.gather(2, pick).squeeze(2)
