@@ -11,14 +11,25 @@ import sys
 
 import click
 
+from caffe_compat.cli.options import CaffeFlagsCommand
 from caffe_compat.errors import CaffeCompatError
 
 # Modules that add subcommands to `main` when imported (one per area of the library).
-_COMMAND_MODULES = ("formats", "data", "net", "train", "evaluate", "workflow", "demo")
+_COMMAND_MODULES = ("formats", "data", "net", "train", "evaluate", "workflow", "demo", "onnx")
 
 
 class _Group(click.Group):
-    """Turns CaffeCompatError into one clear line and a non-zero exit, never a traceback."""
+    """Turns CaffeCompatError into one clear line and a non-zero exit, never a traceback.
+
+    Caffe's tool names (``convert_imageset``, ``compute_image_mean``) also work, so ported
+    shell scripts only need ``caffe-compat`` put in front.
+    """
+
+    command_class = CaffeFlagsCommand
+    group_class = type
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or super().get_command(ctx, cmd_name.replace("_", "-"))
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:

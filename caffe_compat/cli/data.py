@@ -11,13 +11,13 @@ import sys
 import click
 
 from caffe_compat.cli import main
-from caffe_compat.cli.options import caffe_option
+from caffe_compat.cli.options import CaffeFlagsCommand, caffe_option
 
 GFLAG_BOOL = {"is_flag": True, "default": False}
 _TRUE, _FALSE = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
 
 
-class _GflagsBoolCommand(click.Command):
+class _GflagsBoolCommand(CaffeFlagsCommand):
     """Accepts gflags' boolean spellings: ``-gray``, ``--gray=true``, ``-gray=false``, ``--nogray``.
 
     Every boolean flag here defaults to false, so a false spelling just drops the token.

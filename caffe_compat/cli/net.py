@@ -7,7 +7,7 @@ import sys
 import click
 
 from caffe_compat.cli import main
-from caffe_compat.cli.options import caffe_option
+from caffe_compat.cli.options import caffe_option, progress_option, want_progress
 from caffe_compat.errors import CaffeCompatError
 
 PHASES = {"TRAIN": 0, "TEST": 1}
@@ -20,7 +20,13 @@ def _phase_option(default: str):
     )
 
 
-_stage_option = caffe_option("stage", multiple=True, help="Net state stage (repeatable).")
+def _split_stages(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """Caffe's ``-stage a,b`` is comma-separated; repeating the flag works too."""
+    return tuple(s.strip() for value in values for s in value.split(",") if s.strip())
+
+
+_stage_option = caffe_option("stage", multiple=True, callback=_split_stages,
+                             help="Net state stages, comma-separated like Caffe's (or repeat the flag).")
 _level_option = caffe_option("level", type=int, default=0, show_default=True, help="Net state level.")
 
 
@@ -91,11 +97,13 @@ def compare_command(file_a, file_b, atol, rtol) -> None:
 @_phase_option("TRAIN")
 @_stage_option
 @_level_option
-@caffe_option("iterations", type=click.IntRange(min=1), default=50, show_default=True)
+@caffe_option("iterations", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Forward-backward passes to average over.")
 @caffe_option("gpu", is_flag=False, flag_value="0", default=None, metavar="[ID]",
               help="Run on a CUDA device: --gpu alone or Caffe's -gpu 0 (\"all\" = the first).")
 @caffe_option("bf16", is_flag=True, help="Run under bf16 autocast.")
-def time_command(model, weights, phase, stage, level, iterations, gpu, bf16) -> None:
+@progress_option()
+def time_command(model, weights, phase, stage, level, iterations, gpu, bf16, progress) -> None:
     """Benchmark like ``caffe time``: per-layer forward/backward ms averaged over iterations."""
     from caffe_compat.net.builder import load_net
     from caffe_compat.net.timing import cuda_device, format_timing, time_net
@@ -103,4 +111,4 @@ def time_command(model, weights, phase, stage, level, iterations, gpu, bf16) -> 
     device = cuda_device(gpu) if gpu is not None else "cpu"
     net = load_net(model, PHASES[phase.upper()], weights, stage, level)
     click.echo(f"Use GPU with device ID {device[5:]}." if device != "cpu" else "Use CPU.")
-    click.echo(format_timing(time_net(net, iterations, device=device, bf16=bf16)))
+    click.echo(format_timing(time_net(net, iterations, device=device, bf16=bf16, progress=want_progress(progress))))

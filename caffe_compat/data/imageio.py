@@ -109,6 +109,8 @@ def load_image(path: bytes, is_color: bool, height: int = 0, width: int = 0) -> 
         raise ImageReadError("directory", f"{shown} is a directory, not an image") from None
     except OSError as exc:
         raise ImageReadError("unreadable", f"cannot read {shown}: {exc.strerror}") from None
+    except ValueError:  # a NUL byte in the name: a binary file was given as the list
+        raise ImageReadError("unreadable", f"cannot read {shown}: the name contains a NUL byte") from None
     img = decode_image(buf, imread_flag(is_color))
     if img is None:
         raise ImageReadError("undecodable", f"{shown} is not an image OpenCV can decode")

@@ -8,17 +8,28 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from caffe_compat.errors import CaffeCompatError
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
 
     On any exception the temporary file is removed and an existing ``path`` is untouched.
+    A missing or unwritable output folder, or ``path`` naming a folder, is a
+    :class:`CaffeCompatError` (one line) rather than an ``OSError`` traceback.
     """
     target = Path(path)
+    if target.is_dir():
+        raise CaffeCompatError(f"{target}: cannot write the output: it is a folder")
+    if not target.parent.is_dir():
+        raise CaffeCompatError(f"{target}: cannot write the output: folder '{target.parent}' does not exist")
     umask = os.umask(0)
     os.umask(umask)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise CaffeCompatError(f"{target}: cannot write the output: {exc.strerror}") from None
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

@@ -36,18 +36,28 @@ def parse_input_specs(specs: Sequence[str]) -> dict[str, np.ndarray]:
         if name in inputs:
             raise CaffeCompatError(f"--input '{spec}': blob '{name}' is given twice")
         try:
-            inputs[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise CaffeCompatError(f"{path}: cannot read a .npy array for input '{name}': {exc}") from None
+            array = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise CaffeCompatError(f"{path}: cannot read a .npy array for input '{name}': no such file") from None
+        except (OSError, ValueError):
+            raise CaffeCompatError(f"{path}: cannot read a .npy array for input '{name}': not a .npy file") from None
+        if not isinstance(array, np.ndarray):
+            array.close()
+            raise CaffeCompatError(f"{path}: input '{name}' needs a single .npy array, not an .npz archive")
+        inputs[name] = array
     return inputs
 
 
 def with_input_shapes(net_param, inputs: Mapping[str, np.ndarray]):
-    """A copy of ``net_param`` whose Input layers declare the shapes of the given arrays, so a
-    dump can use another batch size than the prototxt (as pycaffe's ``blob.reshape`` would)."""
+    """A copy of ``net_param`` whose Input and MemoryData layers declare the shapes of the given
+    arrays, so a dump can use another batch size than the prototxt (as pycaffe's
+    ``blob.reshape`` / MemoryData's ``set_batch_size`` would)."""
     patched = caffe_pb2.NetParameter()
     patched.CopyFrom(net_param)
     for layer in patched.layer:
+        if layer.type == "MemoryData" and layer.top and np.ndim(inputs.get(layer.top[0])) == 4:
+            p = layer.memory_data_param
+            p.batch_size, p.channels, p.height, p.width = (int(d) for d in np.shape(inputs[layer.top[0]]))
         if layer.type != "Input":
             continue
         shapes = layer.input_param.shape
@@ -158,11 +168,19 @@ def save_blobs(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -
 
 
 def load_blobs(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Blob name -> array from an .npz; a lone .npy has no blob names, so it is refused clearly."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except (OSError, ValueError) as exc:
-        raise CaffeCompatError(f"{os.fspath(path)}: not a readable .npz of blobs: {exc}") from None
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise CaffeCompatError(f"{os.fspath(path)}: not a readable .npz of blobs: no such file") from None
+    except (OSError, ValueError):
+        raise CaffeCompatError(f"{os.fspath(path)}: not a readable .npz of blobs: not an .npz file") from None
+    if isinstance(data, np.ndarray):
+        raise CaffeCompatError(
+            f"{os.fspath(path)}: is a single .npy array without a blob name; compare needs an .npz "
+            "(e.g. np.savez('ref.npz', prob=np.load('x.npy')))")
+    with data:
+        return {name: data[name] for name in data.files}
 
 
 @dataclass(frozen=True)

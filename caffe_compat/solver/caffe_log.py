@@ -15,6 +15,8 @@ from typing import IO, Sequence
 
 import tqdm
 
+from caffe_compat.errors import CaffeCompatError
+
 
 def num(x: float) -> str:
     """A number as C++'s ``operator<<`` prints a float (``%g`` with 6 significant digits)."""
@@ -30,10 +32,18 @@ class CaffeLog:
 
     def __init__(self, stream: IO[str] | None = None, log_file: str | os.PathLike[str] | None = None, enabled: bool = True):
         self.stream = stream if stream is not None else sys.stderr
-        self.file = open(log_file, "a", encoding="utf-8") if (log_file and enabled) else None
+        self.file = self._open(log_file) if (log_file and enabled) else None
         self.enabled = enabled
         self.progress: tqdm.tqdm | None = None
         self.tid = os.getpid() % 100000
+
+    @staticmethod
+    def _open(log_file: str | os.PathLike[str]) -> IO[str]:
+        """The log file in append mode (a log grows, like glog's); a bad path is one clear line."""
+        try:
+            return open(log_file, "a", encoding="utf-8")
+        except OSError as exc:
+            raise CaffeCompatError(f"{os.fspath(log_file)}: cannot open the log file: {exc.strerror}") from None
 
     def close(self) -> None:
         if self.file is not None:

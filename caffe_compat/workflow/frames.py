@@ -202,6 +202,7 @@ def extract_frames(
         raise CaffeCompatError(f"--every and --max must be at least 1 (got {options.every}, {options.max_frames})")
     paths, messages = list_videos(videos)
     scores = _scores(annotations)
+    created = not Path(out_dir).exists()
     out = make_folder(out_dir)
     result = FramesResult(messages=messages)
     tasks: list[tuple[Path, VideoFrames, str]] = []
@@ -228,6 +229,8 @@ def extract_frames(
             if record.status != "ok":
                 result.messages.append(f"{path}: {record.status}")
     if not any(v.status == "ok" for v in result.videos):
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a failed run leaves nothing behind
         raise CaffeCompatError(f"{videos}: none of the {len(paths)} file(s) could be read as a video ({result.messages[-1]})")
     result.manifest = out / FRAMES_MANIFEST
     write_csv(result.manifest, FRAME_FIELDS, result.frames)
