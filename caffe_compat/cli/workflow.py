@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from caffe_compat.cli import main
-from caffe_compat.cli.options import caffe_option
+from caffe_compat.cli.options import caffe_option, progress_option, want_progress
 from caffe_compat.workflow.annotations import DEFAULT_EXCLUDED_REMARKS, DEFAULT_MISSING_SCORES, CleanOptions, clean_annotations
 from caffe_compat.workflow.balance import BalanceOptions, balance_split, parse_ratio
 from caffe_compat.workflow.distribution import plot_distribution
@@ -67,10 +67,12 @@ def clean_annotations_cmd(sheet: str, output: str, exclude_remark: tuple[str, ..
 @caffe_option("backoff", default=1.0, show_default=True, help="First retry delay in seconds (doubles each retry).")
 @caffe_option("timeout", default=30.0, show_default=True, help="Network timeout in seconds.")
 @caffe_option("manifest", default=None, type=click.Path(dir_okay=False), help="Manifest CSV (default OUTPUT/download_manifest.csv).")
+@progress_option()
 def download_videos_cmd(clean_csv: str, output: str, jobs: int, retries: int, backoff: float, timeout: float,
-                        manifest: str | None) -> None:
+                        manifest: str | None, progress: bool | None) -> None:
     """Download every URL of CLEAN_CSV, resuming partial files and skipping finished ones."""
-    result = download_videos(clean_csv, output, DownloadOptions(jobs, retries, backoff, timeout), manifest)
+    options = DownloadOptions(jobs, retries, backoff, timeout, progress=want_progress(progress))
+    result = download_videos(clean_csv, output, options, manifest)
     _notices([f"row {r['row']} ({r['url']}): {r['error']}" for r in result.rows if r["status"] == "failed"])
     click.echo(result.table())
     click.echo(f"manifest: {result.manifest}")
@@ -89,14 +91,17 @@ def download_videos_cmd(clean_csv: str, output: str, jobs: int, retries: int, ba
 @caffe_option("min-sharpness", default=None, type=float, help="Drop frames whose variance of Laplacian is below this.")
 @caffe_option("jobs", "-j", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="all cores",
               help="Videos decoded at once.")
+@progress_option()
 def extract_frames_cmd(videos: str, output: str, every: int, max_frames: int, annotations: str | None, face: bool,
-                       face_model: str | None, crop_margin: float | None, min_sharpness: float | None, jobs: int) -> None:
+                       face_model: str | None, crop_margin: float | None, min_sharpness: float | None, jobs: int,
+                       progress: bool | None) -> None:
     """Save every N-th frame of each video in VIDEOS (a folder or one file) as <videoid>_<frameidx>.jpg."""
     if crop_margin is not None and not (face or face_model):
         raise click.UsageError("--crop-margin needs --face or --face-model")
     detector = face_detector_from_model(face_model) if (face or face_model) else None
     options = FrameOptions(every=every, max_frames=max_frames, face_detector=detector,
-                           crop_margin=crop_margin, min_sharpness=min_sharpness, jobs=jobs)
+                           crop_margin=crop_margin, min_sharpness=min_sharpness, jobs=jobs,
+                           progress=want_progress(progress))
     result = extract_frames(videos, output, options, annotations)
     _notices(result.messages)
     click.echo(result.table())
