@@ -197,3 +197,34 @@ def test_typo_after_a_valid_flag_with_the_same_first_letter_names_the_typo():
     result = _run("train", "-solver", "s.prototxt", "-snapshto", "x.solverstate")
     assert result.exit_code == 2
     assert "No such option '-snapshto'" in result.output and "'-snapshot'" in result.output
+
+
+def test_weights_of_another_net_are_one_clear_error(tmp_path, nsfw_dir):
+    """Loading the nsfw caffemodel into an unrelated net names both nets instead of loading nothing."""
+    from click.testing import CliRunner
+
+    from caffe_compat.cli import main
+    from tests.conftest import FIXTURES
+
+    result = CliRunner().invoke(main, [
+        "forward", "-model", str(FIXTURES / "upgrade/deploy_upgraded.prototxt"),
+        "-weights", str(nsfw_dir / "resnet_50_1by2_nsfw.caffemodel"),
+        "-input", f"data={FIXTURES / 'upgrade/forward_input.npy'}", "-o", str(tmp_path / "x.npz")])
+    assert result.exit_code != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("caffe-compat: error:")]
+    assert len(errors) == 1 and "weights of another net?" in errors[0] and len(errors[0]) < 400
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_library_warnings_are_glog_lines(tmp_path):
+    """Partially matching weights warn once, in glog format, with a shortened layer list."""
+    import logging
+    import re
+
+    from caffe_compat.cli.glog import GlogFormatter
+
+    record = logging.LogRecord("caffe_compat.net.weights", logging.WARNING, "/x/weights.py", 93,
+                               "msg %s", ("a",), None)
+    assert re.fullmatch(r"W\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ weights\.py:93\] msg a",
+                        GlogFormatter().format(record))

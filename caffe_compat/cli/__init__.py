@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from caffe_compat.cli.glog import log_library_to_stderr
 from caffe_compat.cli.options import CaffeFlagsCommand
 from caffe_compat.errors import CaffeCompatError
 
@@ -43,6 +44,7 @@ class _Group(click.Group):
 @click.version_option(package_name="caffe-compat")
 def main() -> None:
     """Caffe's tools on PyTorch: read/write every Caffe file, build LMDBs, train, test, export."""
+    log_library_to_stderr()
 
 
 for _name in _COMMAND_MODULES:

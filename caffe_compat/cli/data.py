@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 import click
 
@@ -40,28 +39,6 @@ class _GflagsBoolCommand(CaffeFlagsCommand):
         return super().parse_args(ctx, rewritten)
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (test runners swap it)."""
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def _log_to_stderr() -> None:
-    """Show the library's INFO/WARNING lines (skipped images, channel means) like Caffe's glog."""
-    logger = logging.getLogger("caffe_compat.data")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(levelname).1s %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-
-
 @main.command("convert-imageset", cls=_GflagsBoolCommand)
 @click.argument("root_folder")
 @click.argument("list_file", type=click.Path(dir_okay=True))
@@ -87,7 +64,6 @@ def convert_imageset_cmd(root_folder: str, list_file: str, db_name: str, **flags
     """
     from caffe_compat.data.convert_imageset import ConvertOptions, convert_imageset
 
-    _log_to_stderr()
     summary = convert_imageset(root_folder, list_file, db_name, ConvertOptions(**flags))
     click.echo(f"convert-imageset: {summary.report()}", err=True)
 
@@ -104,7 +80,6 @@ def compute_image_mean_cmd(input_db: str, output_file: str | None, backend: str,
 
     if backend.lower() != "lmdb":
         raise CaffeCompatError(f"--backend {backend}: not supported, only lmdb is (LevelDB is not)")
-    _log_to_stderr()
     log = logging.getLogger("caffe_compat.data")
     result = compute_image_mean(input_db, progress)
     log.info(f"Processed {result.count} files.")

@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _names(names: Sequence[str], most: int = 8) -> str:
+    """A name list short enough for one log line."""
+    shown = ", ".join(names[:most])
+    return shown + (f", ... (+{len(names) - most} more)" if len(names) > most else "")
+
+
 @dataclass
 class WeightsReport:
     """Which layers of the net got their blobs from where."""
@@ -46,7 +52,7 @@ class WeightsReport:
             ("skipped for shape mismatch", self.skipped),
         ):
             if names:
-                parts.append(f"{label}: {', '.join(names)}")
+                parts.append(f"{label}: {_names(names)}")
         return "; ".join(parts)
 
 
@@ -89,9 +95,13 @@ def copy_weights(net: CaffeNet, source, ignore_shape_mismatch: bool = False) -> 
     report.initialised = [
         s.name for s in net.steps if len(s.layer.blobs) and s.name not in report.loaded
     ]
+    if report.ignored and not report.loaded and not report.skipped and report.initialised:
+        raise CaffeCompatError(
+            f"{where}: none of its {len(report.ignored)} layers ({_names(report.ignored, 3)}) is in net "
+            f"'{net.name}' ({_names(report.initialised, 3)}): weights of another net?")
     if report.ignored:
-        log.warning("%s: no layer of that name in net '%s', weights ignored: %s",
-                    where, net.name, ", ".join(report.ignored))
+        log.warning("%s: %d layer(s) not in net '%s', their weights are ignored: %s",
+                    where, len(report.ignored), net.name, _names(report.ignored))
     return report
 
 
