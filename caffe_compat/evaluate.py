@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -87,6 +87,30 @@ def _next_inputs(net, device: torch.device) -> dict[str, torch.Tensor]:
     return feeds
 
 
+def _kept_blobs(net, keep: Sequence[str], model) -> dict[str, Callable[[Any], torch.Tensor]]:
+    """How to read each kept blob from a forward pass.
+
+    A typical train_val net has no ``prob`` blob, only a SoftmaxWithLoss: then ``prob`` is the
+    softmax of that layer's scores (along its axis) and ``label`` its second bottom, which is
+    what the loss itself sees.
+    """
+    getters: dict[str, Callable[[Any], torch.Tensor]] = {}
+    softmax_loss = next((s for s in net.steps if s.type == "SoftmaxWithLoss"), None)
+    for name in keep:
+        if name in net.blob_shapes:
+            getters[name] = lambda run, name=name: run.blobs[name]
+        elif softmax_loss is not None and name in ("prob", "label"):
+            scores, labels = softmax_loss.bottoms[:2]
+            axis = softmax_loss.layer.param.softmax_param.axis
+            getters[name] = ((lambda run: torch.softmax(run.blobs[scores].float(), dim=axis))
+                             if name == "prob" else (lambda run: run.blobs[labels]))
+        else:
+            raise CaffeCompatError(
+                f"{model}: the TEST net has no blob '{name}' and no SoftmaxWithLoss to derive it from "
+                f"(needed for the report; blobs: {', '.join(net.blob_shapes)})")
+    return getters
+
+
 def run_test(model: str | os.PathLike[str], weights: str | os.PathLike[str], iterations: int = 50,
              gpu: str | None = None, log: CaffeLog | None = None, keep: Sequence[str] = (),
              stages: Sequence[str] = (), level: int = 0) -> TestRun:
@@ -103,11 +127,7 @@ def run_test(model: str | os.PathLike[str], weights: str | os.PathLike[str], ite
     log.info("caffe.cpp:275", "Use CPU." if device.type == "cpu" else f"Use GPU with device ID {device.index}")
     net = load_net(model, phase=TEST, weights=weights, stages=stages, level=level)
     net.to(device).train(False)
-    missing = [b for b in keep if b not in net.blob_shapes]
-    if missing:
-        raise CaffeCompatError(
-            f"{model}: the TEST net has no blob(s) {', '.join(missing)} (needed for the report; "
-            f"blobs: {', '.join(net.blob_shapes)})")
+    getters = _kept_blobs(net, keep, model)
     result = TestRun(outputs=list(net.output_names), loss_weights=dict(net.loss_weights),
                      kept={b: [] for b in keep})
     log.info("caffe.cpp:281", f"Running for {iterations} iterations.")
@@ -122,8 +142,8 @@ def run_test(model: str | os.PathLike[str], weights: str | os.PathLike[str], ite
             for name in result.outputs:
                 for v in values[name]:
                     log.info("caffe.cpp:304", f"Batch {i}, {name} = {num(float(v))}")
-            for name in keep:
-                result.kept[name].append(run.blobs[name].detach().float().cpu().numpy().copy())
+            for name, get in getters.items():
+                result.kept[name].append(get(run).detach().float().cpu().numpy().copy())
             result.batches.append(values)
             result.batch_losses.append(float(batch_loss))
     log.info("caffe.cpp:309", f"Loss: {num(result.loss)}")

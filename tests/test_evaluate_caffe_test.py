@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,14 +91,30 @@ def test_missing_weights_is_one_clear_line(in_test_fixture):
     assert "Traceback" not in run.output
 
 
-def test_report_needs_prob_and_label(in_test_fixture, tmp_path):
-    # The same net without its Softmax 'prob' layer: the report cannot be made, and says why.
+def _without_layers(in_test_fixture, tmp_path, *names: str) -> Path:
+    """test.prototxt minus the named layers, with its data paths made absolute."""
     text = (in_test_fixture / "test.prototxt").read_text()
-    text = re.sub(r'layer \{\s*name: "prob".*?\n\}\n', "", text, flags=re.S)
-    model = tmp_path / "noprob.prototxt"
+    for name in names:
+        text = re.sub(r'layer \{\s*name: "%s".*?\n\}\n' % name, "", text, flags=re.S)
+    model = tmp_path / "edited.prototxt"
     model.write_text(text.replace('"mean.binaryproto"', f'"{in_test_fixture / "mean.binaryproto"}"')
                      .replace('"test_lmdb"', f'"{in_test_fixture / "test_lmdb"}"'))
+    return model
+
+
+def test_report_derives_prob_from_softmax_with_loss(in_test_fixture, tmp_path):
+    # A train_val-style net without a Softmax 'prob' layer: the report uses the loss's softmax.
+    model = _without_layers(in_test_fixture, tmp_path, "prob")
+    run = CliRunner().invoke(main, ["test", "--model", str(model), "--weights", "weights.caffemodel",
+                                    "--iterations", "3", "--report", str(tmp_path / "r")])
+    assert run.exit_code == 0, run.output
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert data["metrics"]["mae"] == pytest.approx(10.338613, abs=1e-5)
+
+
+def test_report_needs_prob_or_softmax_loss(in_test_fixture, tmp_path):
+    model = _without_layers(in_test_fixture, tmp_path, "prob", "loss")
     run = CliRunner().invoke(main, ["test", "--model", str(model), "--weights", "weights.caffemodel",
                                     "--iterations", "1", "--report", str(tmp_path / "r")])
     assert run.exit_code == 1
-    assert "no blob(s) prob" in run.output and "Traceback" not in run.output
+    assert "no blob 'prob'" in run.output and "Traceback" not in run.output

@@ -14,7 +14,7 @@ from caffe_compat.cli.options import caffe_option
 @caffe_option("iterations", default=50, show_default=True, type=int, help="Number of batches to score.")
 @caffe_option("gpu", default=None, help="GPU id to run on (first of a list; 'all' = 0). CPU if omitted.")
 @caffe_option("report", default=None, type=click.Path(file_okay=False),
-              help="Write the face-score report (HTML, PNG, JSON) into this folder; needs blobs 'prob' and 'label'.")
+              help="Write the face-score report (HTML, PNG, JSON) into this folder; reads blobs 'prob' and 'label', or the softmax and labels of the net's SoftmaxWithLoss.")
 @caffe_option("stage", default="", help="Net stages, comma-separated (NetState).")
 @caffe_option("level", default=0, type=int, help="Net level (NetState).")
 @caffe_option("log_file", default=None, type=click.Path(dir_okay=False), help="Also append the log lines to this file.")
