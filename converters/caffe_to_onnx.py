@@ -1,0 +1,13 @@
+#!/usr/bin/env python3
+"""Same as `caffe-compat export-onnx` (logic in caffe_compat.onnx.export).
+
+    converters/caffe_to_onnx.py --model deploy.prototxt --weights w.caffemodel -o net.onnx [--opset 17]
+        [--batch dynamic|N] [--fp16]
+"""
+
+import sys
+
+from caffe_compat.cli import main
+
+if __name__ == "__main__":
+    main(["export-onnx", *sys.argv[1:]], prog_name="caffe_to_onnx.py")
