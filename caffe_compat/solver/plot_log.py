@@ -73,7 +73,8 @@ def plot_log(log_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
     if not log.train_loss and not log.tests:
         raise CaffeCompatError(f"{log_path}: no 'Iteration N, loss = X' or 'Test net output' lines: not a Caffe training log")
     fig, loss_ax = plt.subplots(figsize=(9, 5), dpi=100)
-    acc_ax = loss_ax.twinx()
+    has_accuracy = any("acc" in name.lower() for outputs in log.tests.values() for name in outputs)
+    acc_ax = loss_ax.twinx() if has_accuracy else None
     if log.train_loss:
         it, v = zip(*log.train_loss)
         loss_ax.plot(it, v, label="train loss", color="tab:blue", linewidth=1)
@@ -90,11 +91,13 @@ def plot_log(log_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
         loss_ax.set_yscale("log")  # e.g. Caffe's huge iteration-0 test loss with fresh BatchNorm
     loss_ax.set_xlabel("iteration")
     loss_ax.set_ylabel("loss")
-    acc_ax.set_ylabel("accuracy")
-    acc_ax.set_ylim(0, 1.02)
-    handles = loss_ax.get_legend_handles_labels()
-    acc_handles = acc_ax.get_legend_handles_labels()
-    loss_ax.legend(handles[0] + acc_handles[0], handles[1] + acc_handles[1], loc="upper right", fontsize=8)
+    handles, labels = loss_ax.get_legend_handles_labels()
+    if acc_ax is not None:  # only logs with test accuracy get the second axis
+        acc_ax.set_ylabel("accuracy")
+        acc_ax.set_ylim(0, 1.02)
+        acc_handles, acc_labels = acc_ax.get_legend_handles_labels()
+        handles, labels = handles + acc_handles, labels + acc_labels
+    loss_ax.legend(handles, labels, loc="upper right", fontsize=8)
     loss_ax.set_title(title or Path(log_path).name)
     loss_ax.grid(alpha=0.3)
     fig.tight_layout()
