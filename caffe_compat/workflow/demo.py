@@ -145,8 +145,8 @@ def run_steps(steps: list[Step], ctx: dict[str, Any], echo: Callable[[str], None
 # --------------------------------------------------------------------------- the steps
 
 NSFW_WEIGHTS = "resnet_50_1by2_nsfw.caffemodel"
-# ONNX export and prediction belong to a later issue; the demo names the entry points it will
-# call so that it shows them as "not yet available" until they exist.
+# Each step names the library entry points it needs, so a checkout or install lacking one (e.g.
+# without onnxruntime) shows that step as "not yet available" instead of failing the demo.
 ONNX_EXPORT = "caffe_compat.onnx.export:export_onnx"
 ONNX_PREDICT = "caffe_compat.onnx.predict:predict"
 
