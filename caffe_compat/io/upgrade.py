@@ -352,7 +352,9 @@ def upgrade_net_as_needed(net: caffe_pb2.NetParameter, source: str | os.PathLike
         log.info("Upgrading deprecated input fields: %s", source)
         upgrade_net_input(net, source)
     if needs_batch_norm_upgrade(net):
-        log.info("Upgrading BatchNorm layers with deprecated params: %s", source)
+        if any(spec.lr_mult or spec.decay_mult for layer in net.layer if layer.type == "BatchNorm"
+               for spec in layer.param):  # Caffe logs even when nothing changes; we log changes only
+            log.info("Upgrading BatchNorm layers with deprecated params: %s", source)
         upgrade_batch_norm(net)
     return problems
 
