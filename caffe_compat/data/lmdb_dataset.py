@@ -16,7 +16,6 @@ from typing import Iterator
 
 import lmdb
 import numpy as np
-from torch.utils.data import Dataset
 
 from caffe_compat.data.datum import datum_array, parse_datum, raw_datum_view
 from caffe_compat.errors import CaffeCompatError, where
@@ -61,10 +60,14 @@ def open_readonly(path: str | os.PathLike[str]) -> SharedEnv:
     return shared
 
 
-def iter_records(path: str | os.PathLike[str]) -> Iterator[tuple[bytes, bytes]]:
-    """Every (key, value) in key order, streamed (bounded memory whatever the DB size)."""
+def iter_records(path: str | os.PathLike[str], buffers: bool = False) -> Iterator[tuple[bytes, bytes]]:
+    """Every (key, value) in key order, streamed (bounded memory whatever the DB size).
+
+    ``buffers=True`` yields zero-copy memoryviews, valid only until the next item: for callers
+    that consume each value at once (the mean), it saves copying every datum.
+    """
     shared = open_readonly(path)
-    with shared.env.begin(buffers=False) as txn:
+    with shared.env.begin(buffers=buffers) as txn:
         yield from txn.cursor()
 
 
@@ -73,8 +76,12 @@ def count_records(path: str | os.PathLike[str]) -> int:
     return shared.env.stat()["entries"]
 
 
-class LMDBDataset(Dataset):
+class LMDBDataset:
     """Datums of a Caffe LMDB by position in key order: ``(CxHxW array, label)``.
+
+    A map-style dataset (``__len__`` + ``__getitem__``) that torch's DataLoader takes as it is;
+    it does not subclass torch's ``Dataset`` so that LMDB-only tools (compute-image-mean,
+    inspect) start without importing torch.
 
     The keys are read once at construction into one bytes blob plus offsets (an ImageNet-sized
     DB costs a few tens of MB, pickles to spawned workers quickly and is not touched page by

@@ -14,16 +14,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from caffe_compat.data.listfile import read_list  # noqa: E402
-from caffe_compat.errors import CaffeCompatError, where  # noqa: E402
-from caffe_compat.io.atomic import atomic_write_bytes  # noqa: E402
-from caffe_compat.workflow.annotations import SCORE_MIN  # noqa: E402
-from caffe_compat.workflow.tables import format_table, make_folder, read_csv  # noqa: E402
+from caffe_compat.data.listfile import read_list
+from caffe_compat.errors import CaffeCompatError, where
+from caffe_compat.io.atomic import atomic_write_bytes
+from caffe_compat.workflow.annotations import SCORE_MIN
+from caffe_compat.workflow.tables import format_table, make_folder, read_csv
 
 
 @dataclass
@@ -73,6 +68,11 @@ def plot_distribution(
     if not dist.counts:
         raise CaffeCompatError(f"{source}: no rows to plot")
     scores = sorted(dist.counts)
+    import matplotlib  # imported here: it costs 0.3 s, and every CLI start would pay it
+
+    matplotlib.use("Agg")  # headless: never needs a display
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
     try:
         ax.bar(scores, [dist.counts[s] for s in scores], width=0.8, color="#4878a8")
