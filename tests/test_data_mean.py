@@ -75,3 +75,93 @@ def test_fast_sum_equals_caffes_float32_running_sum(count, seed, claim_huge_db, 
         acc.add(image)
     assert acc.exact is not claim_huge_db
     np.testing.assert_array_equal(acc.mean(count), expected / np.float32(count))
+
+
+def _raw_db(path, images, labels, odd: dict[int, bytes] | None = None):
+    """A raw-datum LMDB; ``odd`` replaces the value at some positions."""
+    from caffe_compat.data.datum import raw_datum
+
+    with build_lmdb(path) as db:
+        for i, (image, label) in enumerate(zip(images, labels)):
+            db.put(f"{i:08d}".encode(), (odd or {}).get(i) or raw_datum(image, int(label)))
+    return path
+
+
+def _mean_bytes(db, parallel: bool, monkeypatch) -> bytes:
+    from caffe_compat.data import image_mean
+
+    monkeypatch.setattr(image_mean, "_cores", lambda: 2 if parallel else 1)
+    return compute_image_mean(db, progress=False).to_blobproto()
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(128, 400), st.integers(0, 2**32 - 1))
+def test_parallel_mean_is_bit_identical_to_sequential(tmp_path_factory, count, seed) -> None:
+    """Exact integer partial sums over forked key ranges give the sequential (Caffe's) bytes."""
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        rng = np.random.default_rng(seed)
+        images = rng.integers(0, 256, (count, 3, 5, 4), dtype=np.uint8)
+        labels = rng.integers(-(2**31), 2**31, count)  # every label varint width, negatives too
+        db = _raw_db(tmp_path_factory.mktemp("db") / "db", images, labels)
+        expected = images.astype(np.float64).sum(0).astype(np.float32) / np.float32(count)
+        from caffe_compat.data import image_mean
+
+        calls = []
+        real = image_mean._parallel_sums
+        monkeypatch.setattr(image_mean, "_parallel_sums", lambda *a: calls.append(a) or real(*a))
+        got = _mean_bytes(db, True, monkeypatch)
+        assert len(calls) == 1 and calls[0][3] == 2  # the forked path really ran, with 2 workers
+        assert got == _mean_bytes(db, False, monkeypatch)
+        monkeypatch.setattr(image_mean, "_cores", lambda: 2)
+        np.testing.assert_array_equal(compute_image_mean(db, progress=False).mean, expected)
+    finally:
+        monkeypatch.undo()
+
+
+def test_parallel_falls_back_for_odd_datums(tmp_path, monkeypatch) -> None:
+    """A float_data or encoded=true datum in a forked part: the sequential path handles the DB."""
+    from caffe_compat.proto import caffe_pb2
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (200, 1, 2, 3), dtype=np.uint8)
+    floats = caffe_pb2.Datum(channels=1, height=2, width=3, float_data=[1.5] * 6).SerializeToString()
+    db = _raw_db(tmp_path / "db", images, [3] * 200, {150: floats})
+    parallel, sequential = _mean_bytes(db, True, monkeypatch), _mean_bytes(db, False, monkeypatch)
+    assert parallel == sequential
+    images = images.astype(np.float32)
+    images[150] = 1.5
+    assert np.float32(compute_image_mean(db, progress=False).mean[0, 0, 0]) == np.float32(
+        images[:, 0, 0, 0].sum(dtype=np.float32) / np.float32(200))
+
+
+@pytest.mark.parametrize("bad", [50, 170])  # in this process's part / in the forked child's
+def test_parallel_mismatch_keeps_caffes_error(tmp_path, monkeypatch, bad) -> None:
+    from caffe_compat.data.datum import raw_datum
+
+    images = np.zeros((200, 3, 4, 4), np.uint8)
+    db = _raw_db(tmp_path / "db", images, [0] * 200, {bad: raw_datum(np.zeros((3, 4, 5), np.uint8), 0)})
+    monkeypatch.setattr("caffe_compat.data.image_mean._cores", lambda: 2)
+    with pytest.raises(CaffeCompatError, match=rf"datum '{bad:08d}' has 60 values.*first has 48"):
+        compute_image_mean(db, progress=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(-(2**31), 2**31 - 1), st.binary(max_size=6), st.sampled_from([(1, 1, 1), (3, 2, 5), (3, 256, 256)]))
+def test_raw_layout_agrees_with_the_wire_walk(label, junk, shape) -> None:
+    """RawLayout.pixels is raw_datum_view's answer, or None (full path) whenever it might differ."""
+    from caffe_compat.data.datum import RawLayout, raw_datum, raw_datum_view
+
+    first = RawLayout.of(memoryview(raw_datum(np.zeros(shape, np.uint8), 0)))
+    image = np.arange(np.prod(shape), dtype=np.uint64).astype(np.uint8).reshape(shape)
+    for value in (raw_datum(image, label), raw_datum(image, label) + junk, raw_datum(image, label)[:-1]):
+        fast = first.pixels(memoryview(value))
+        full = raw_datum_view(memoryview(value))
+        if fast is not None:
+            assert full is not None and np.array_equal(fast, full[0]) and fast.shape == full[0].shape
+    fast = first.pixels(memoryview(raw_datum(image, label)))
+    assert fast is not None and np.array_equal(fast, image)
+    assert first.pixels(memoryview(raw_datum(image, label) + b"\x38\x01")) is None  # encoded: true
+    assert first.pixels(memoryview(raw_datum(image, label) + b"\x08\x07")) is None  # channels again
+    wrong = raw_datum(np.zeros((shape[0], shape[2], shape[1]), np.uint8), label)
+    assert shape[1] == shape[2] or first.pixels(memoryview(wrong)) is None

@@ -98,3 +98,66 @@ def raw_datum_view(value: memoryview) -> tuple[np.ndarray, int] | None:
     label = varints.get(5, 0) & 0xFFFFFFFF  # an int32 field: the low 32 bits, two's complement
     label = label - (1 << 32) if label >= 1 << 31 else label
     return np.frombuffer(value[span[0] : span[1]], np.uint8).reshape(shape), label
+
+
+class RawLayout:
+    """The byte layout of one plain raw Datum, to spot others laid out the same at a glance.
+
+    Caffe's tools write every raw datum of a DB with the same header (channels, height, width,
+    the data key and length) and a short tail (label, ``encoded: false``). A value with this
+    exact header and a tail of only label / ``encoded: 0`` varints has the same shape and its
+    pixels at the same offset, i.e. what :func:`raw_datum_view` would return, without walking
+    the wire format each time. Tails are few (one per label value), so their check is cached.
+    """
+
+    _MAX_TAILS = 4096
+
+    def __init__(self, header: bytes, shape: tuple[int, int, int]) -> None:
+        self.header = header
+        self.shape = shape
+        self.size = shape[0] * shape[1] * shape[2]
+        self.length = len(header) + self.size  # where the tail starts
+        self._tails: dict[bytes, bool] = {}
+
+    @classmethod
+    def of(cls, value: memoryview) -> "RawLayout | None":
+        """The layout of ``value`` if it is a plain raw datum whose header holds only the shape."""
+        view = raw_datum_view(value)
+        if view is None:
+            return None
+        data_start = None
+        for f in iter_fields(value, 0, len(value)):  # valid: raw_datum_view walked it already
+            if f.number == 4:
+                data_start = f.value_start
+                break
+            if f.number not in (1, 2, 3):
+                return None
+        return cls(bytes(value[:data_start]), view[0].shape)
+
+    def pixels(self, value: memoryview) -> np.ndarray | None:
+        """Zero-copy CxHxW pixels of ``value`` if it has this layout, else None (use the full path)."""
+        if len(value) < self.length or value[: len(self.header)] != self.header:
+            return None
+        tail = bytes(value[self.length :])
+        ok = self._tails.get(tail)
+        if ok is None:
+            ok = _is_raw_tail(tail)
+            if len(self._tails) >= self._MAX_TAILS:
+                self._tails.clear()
+            self._tails[tail] = ok
+        if not ok:
+            return None
+        return np.frombuffer(value, np.uint8, self.size, len(self.header)).reshape(self.shape)
+
+
+def _is_raw_tail(tail: bytes) -> bool:
+    """Whether ``tail`` holds only label (5) and ``encoded: 0`` (7) varints."""
+    try:
+        for f in iter_fields(memoryview(tail), 0, len(tail)):
+            if f.wire_type != VARINT or f.number not in (5, 7):
+                return False
+            if f.number == 7 and read_varint(tail, f.value_start, f.end)[0]:
+                return False
+    except WireError:
+        return False
+    return True

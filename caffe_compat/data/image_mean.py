@@ -4,20 +4,30 @@ Caffe accumulates into the BlobProto's float32 ``data`` one datum at a time and 
 count in float32; we do the same float32 operations in the same order (whole arrays at a time),
 so the result is identical, while streaming over the DB in bounded memory. Encoded datums are
 decoded natively (``IMREAD_UNCHANGED``), as Caffe's ``DecodeDatumNative`` does.
+
+While the sum is exact in integers (see :class:`_PixelSum`) and every datum is a raw one laid
+out like the first, the key range is split over forked worker processes (one per core): integer
+partial sums add up to the same numbers in any order, so the file stays byte-identical to
+Caffe's. Anything else (encoded or float datums, a size mismatch) goes the sequential way, which
+also gives Caffe's errors.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import mmap
 import os
+import signal
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from caffe_compat.data.datum import datum_array, parse_datum, raw_datum_view
-from caffe_compat.data.lmdb_dataset import count_records, iter_records
+from caffe_compat.data.datum import RawLayout, datum_array, parse_datum, raw_datum_view
+from caffe_compat.data.lmdb_dataset import count_records, iter_records, open_readonly
 from caffe_compat.errors import CaffeCompatError, where
 from caffe_compat.io.atomic import atomic_write_bytes
 from caffe_compat.io.blob import array_to_blob
@@ -56,10 +66,11 @@ class _PixelSum:
 
     _CHUNK = 257  # 257 * 255 = 65535: the most uint8 images a uint16 cell can hold
 
-    def __init__(self, shape: tuple[int, ...], total: int) -> None:
+    def __init__(self, shape: tuple[int, ...], total: int, ints: np.ndarray | None = None) -> None:
+        """``ints``: zeroed uint32 storage for the exact sums (a worker's shared memory)."""
         self.exact = total * 255 < 2**24
         self.floats = np.zeros(shape, np.float32)
-        self.ints = np.zeros(shape, np.uint32) if self.exact else None
+        self.ints = (np.zeros(shape, np.uint32) if ints is None else ints) if self.exact else None
         self.chunk = np.zeros(shape, np.uint16) if self.exact else None
         self.in_chunk = 0
 
@@ -72,6 +83,11 @@ class _PixelSum:
             return
         self._flush_ints()
         np.add(self.floats, pixels, out=self.floats)
+
+    def exact_sums(self) -> np.ndarray:
+        """The exact uint32 sums so far (only while ``exact`` and every datum was uint8)."""
+        self._flush_chunk()
+        return self.ints
 
     def _flush_chunk(self) -> None:
         np.add(self.ints, self.chunk, out=self.ints)
@@ -107,27 +123,134 @@ def compute_image_mean(db: str | os.PathLike[str], progress: bool | None = None)
     total = count_records(db)
     if total == 0:
         raise CaffeCompatError(f"{where(db)}: the database is empty")
+    layout = _first_layout(db)
+    workers = min(_cores(), total // _MIN_PER_WORKER)
+    if layout is not None and workers > 1 and total * 255 < 2**24:
+        sums = _parallel_sums(db, layout, total, workers, progress)
+        if sums is not None:
+            return ImageMean(sums.astype(np.float32) / np.float32(total), total, False)
+    return _sequential_mean(db, total, layout, progress)
+
+
+_MIN_PER_WORKER = 64  # below this a fork costs more than it saves
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _first_layout(db: str | os.PathLike[str]) -> RawLayout | None:
+    for _, value in iter_records(db, buffers=True):
+        return RawLayout.of(value)
+    return None
+
+
+def _bar(total: int, progress: bool | None) -> tqdm:
+    return tqdm(total=total, unit="datum", disable=None if progress is None else not progress,
+                desc="compute-image-mean")
+
+
+def _sequential_mean(db, total: int, layout: RawLayout | None, progress: bool | None) -> ImageMean:
+    """Caffe's loop: one datum at a time in key order, any kind of datum."""
     acc: _PixelSum | None = None
     shape: tuple[int, ...] = ()
     count = 0
     encoded = False
-    for key, value in tqdm(iter_records(db, buffers=True), total=total, unit="datum", disable=None if progress is None
-                           else not progress, desc="compute-image-mean"):
-        pixels, is_encoded = _pixels(db, key, value)
-        if acc is None:
-            shape = pixels.shape
-            acc = _PixelSum(shape, total)
-            encoded = is_encoded
-            if encoded:
-                log.info("Decoding Datum")
-        elif pixels.size != acc.floats.size:
-            raise CaffeCompatError(
-                f"{where(db)}: datum '{_show(bytes(key))}' has {pixels.size} values "
-                f"(shape {pixels.shape}), the first has {acc.floats.size} (shape {shape})"
-            )
-        acc.add(pixels.reshape(shape))
-        count += 1
+    with _bar(total, progress) as bar:
+        for key, value in iter_records(db, buffers=True):
+            pixels = layout.pixels(value) if layout is not None else None
+            is_encoded = False
+            if pixels is None:
+                pixels, is_encoded = _pixels(db, key, value)
+            if acc is None:
+                shape = pixels.shape
+                acc = _PixelSum(shape, total)
+                encoded = is_encoded
+                if encoded:
+                    log.info("Decoding Datum")
+            elif pixels.size != acc.floats.size:
+                raise CaffeCompatError(
+                    f"{where(db)}: datum '{_show(bytes(key))}' has {pixels.size} values "
+                    f"(shape {pixels.shape}), the first has {acc.floats.size} (shape {shape})"
+                )
+            acc.add(pixels.reshape(shape))
+            count += 1
+            if count & 63 == 0:
+                bar.update(count - bar.n)
+        bar.update(count - bar.n)
     return ImageMean(acc.mean(count), count, encoded)
+
+
+def _parallel_sums(db, layout: RawLayout, total: int, workers: int, progress: bool | None) -> np.ndarray | None:
+    """Exact uint32 pixel sums over ``db``, its key range split over ``workers`` processes.
+
+    This process sums the first part and forks one child per other part; each child opens the
+    LMDB itself and leaves its sums and progress in shared memory. None if any datum does not
+    have ``layout`` (or a child failed): the caller then takes the sequential path.
+    """
+    starts = _split_keys(db, total, workers)
+    counts = [b - a for a, b in itertools.pairwise([*(total * i // workers for i in range(workers)), total])]
+    shared = mmap.mmap(-1, workers * (layout.size * 4 + 8))  # anonymous, shared with children
+    sums = np.frombuffer(shared, np.uint32, workers * layout.size).reshape(workers, *layout.shape)
+    done = np.frombuffer(shared, np.int64, workers, workers * layout.size * 4)
+    children = []
+    for part in range(1, workers):
+        pid = os.fork()
+        if pid == 0:  # child: only sums (all its code is imported already); never returns to the caller
+            status = 1
+            try:
+                status = 0 if _sum_part(db, layout, total, starts[part], counts[part], sums[part],
+                                        lambda n, part=part: done.__setitem__(part, n)) else 1
+            finally:
+                os._exit(status)
+        children.append(pid)
+    ok = False
+    try:
+        with _bar(total, progress) as bar:
+            def tick(n: int) -> None:
+                done[0] = n
+                bar.update(int(done.sum()) - bar.n)
+
+            ok = _sum_part(db, layout, total, starts[0], counts[0], sums[0], tick)
+    finally:
+        for pid in children:  # reap them whatever happened here; stop them if their sums are moot
+            if not ok:
+                os.kill(pid, signal.SIGTERM)
+            ok = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 and ok
+    return sums.sum(axis=0, dtype=np.uint32) if ok else None
+
+
+def _split_keys(db, total: int, workers: int) -> list[bytes]:
+    """The first key of each of ``workers`` near-equal parts, in key order (keys only: cheap)."""
+    firsts = [total * i // workers for i in range(workers)]
+    shared = open_readonly(db)
+    with shared.env.begin() as txn:
+        keys = txn.cursor().iternext(keys=True, values=False)
+        return [key for index, key in zip(range(firsts[-1] + 1), keys) if index in firsts]
+
+
+def _sum_part(db, layout: RawLayout, total: int, start: bytes, count: int, out: np.ndarray,
+              tick: Callable[[int], None]) -> bool:
+    """Add ``count`` datums from key ``start`` into ``out`` (zeroed uint32); False on any datum
+    that does not have ``layout`` or if the DB ends early."""
+    acc = _PixelSum(layout.shape, total, out)
+    n = 0
+    shared = open_readonly(db)
+    with shared.env.begin(buffers=True) as txn:
+        cursor = txn.cursor()
+        if not cursor.set_key(start):
+            return False
+        for value in itertools.islice(cursor.iternext(keys=False, values=True), count):
+            pixels = layout.pixels(value)
+            if pixels is None:
+                return False
+            acc.add(pixels)
+            n += 1
+            if n & 63 == 0:
+                tick(n)
+    acc.exact_sums()
+    tick(n)
+    return n == count
 
 
 def write_image_mean(result: ImageMean, out: str | os.PathLike[str]) -> None:
