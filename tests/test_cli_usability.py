@@ -228,3 +228,26 @@ def test_library_warnings_are_glog_lines(tmp_path):
                                "msg %s", ("a",), None)
     assert re.fullmatch(r"W\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ weights\.py:93\] msg a",
                         GlogFormatter().format(record))
+
+
+def test_lazy_command_table_matches_what_the_modules_register():
+    """Every command a cli module registers is in COMMANDS under that module, and nothing else is."""
+    import importlib
+
+    from caffe_compat.cli import COMMANDS
+
+    for module in set(COMMANDS.values()):
+        importlib.import_module(f"caffe_compat.cli.{module}")
+    assert set(main.commands) == set(COMMANDS)
+    for name, command in main.commands.items():
+        assert command.callback.__module__ == f"caffe_compat.cli.{COMMANDS[name]}", name
+
+
+def test_a_tool_that_reads_lmdbs_starts_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from caffe_compat.cli import main; main.get_command(None, 'compute-image-mean'); "
+            "print('torch' in sys.modules, 'matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

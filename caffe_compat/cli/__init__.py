@@ -1,7 +1,9 @@
 """The ``caffe-compat`` command: one subcommand per Caffe tool, thin wrappers over the library.
 
-Each area registers its subcommands from its own module so adding a tool touches one file.
-Flags mirror Caffe's gflags spellings (``-solver`` as well as ``--solver``).
+Each area registers its subcommands from its own module so adding a tool touches one file (and
+one line of :data:`COMMANDS`). Modules are imported only when their command runs, so a tool
+pays only for its own imports (``compute-image-mean`` never loads torch). Flags mirror Caffe's
+gflags spellings (``-solver`` as well as ``--solver``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,17 @@ from caffe_compat.cli.glog import log_library_to_stderr
 from caffe_compat.cli.options import CaffeFlagsCommand
 from caffe_compat.errors import CaffeCompatError
 
-# Modules that add subcommands to `main` when imported (one per area of the library).
-_COMMAND_MODULES = ("formats", "data", "net", "train", "evaluate", "workflow", "demo", "onnx")
+#: Subcommand -> the module of caffe_compat.cli that registers it on `main` when imported.
+COMMANDS = {
+    "upgrade-net-proto-text": "formats", "upgrade-net-proto-binary": "formats", "inspect": "formats",
+    "convert-imageset": "data", "compute-image-mean": "data",
+    "forward": "net", "compare": "net", "time": "net",
+    "train": "train", "plot-log": "train",
+    "test": "evaluate",
+    "workflow": "workflow",
+    "demo": "demo",
+    "export-onnx": "onnx", "predict": "onnx",
+}
 
 
 class _Group(click.Group):
@@ -29,8 +40,14 @@ class _Group(click.Group):
     command_class = CaffeFlagsCommand
     group_class = type
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        return super().get_command(ctx, cmd_name) or super().get_command(ctx, cmd_name.replace("_", "-"))
+        name = cmd_name if cmd_name in COMMANDS or cmd_name in self.commands else cmd_name.replace("_", "-")
+        if name in COMMANDS and name not in self.commands:
+            importlib.import_module(f"caffe_compat.cli.{COMMANDS[name]}")
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -46,6 +63,3 @@ def main() -> None:
     """Caffe's tools on PyTorch: read/write every Caffe file, build LMDBs, train, test, export."""
     log_library_to_stderr()
 
-
-for _name in _COMMAND_MODULES:
-    importlib.import_module(f"caffe_compat.cli.{_name}")
