@@ -243,11 +243,11 @@ def test_lazy_command_table_matches_what_the_modules_register():
         assert command.callback.__module__ == f"caffe_compat.cli.{COMMANDS[name]}", name
 
 
-def test_a_tool_that_reads_lmdbs_starts_without_torch():
+def test_a_tool_that_reads_lmdbs_starts_without_torch_or_opencv():
     import subprocess
     import sys
 
     code = ("import sys; from caffe_compat.cli import main; main.get_command(None, 'compute-image-mean'); "
-            "print('torch' in sys.modules, 'matplotlib' in sys.modules)")
+            "print('torch' in sys.modules, 'matplotlib' in sys.modules, 'cv2' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "False"]
+    assert out.split() == ["False", "False", "False"]

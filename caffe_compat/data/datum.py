@@ -8,12 +8,14 @@ or grey, like ``DataTransformer``.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
-from caffe_compat.data.imageio import decode_image, hwc_to_chw, imread_flag
 from caffe_compat.io.wire import LENGTH_DELIMITED, VARINT, WireError, iter_fields, read_varint
 from caffe_compat.proto import caffe_pb2
+
+#: cv2.IMREAD_UNCHANGED. OpenCV is imported only to decode encoded datums: LMDB tools that see raw
+#: datums alone (compute-image-mean, inspect) start 0.1 s faster without it.
+IMREAD_UNCHANGED = -1
 
 
 def raw_datum(chw: np.ndarray, label: int) -> bytes:
@@ -41,17 +43,21 @@ def decode_flag(force_color: bool = False, force_gray: bool = False) -> int:
     if force_color and force_gray:
         raise ValueError("cannot set both force_color and force_gray")
     if force_color or force_gray:
+        from caffe_compat.data.imageio import imread_flag
+
         return imread_flag(force_color)
-    return cv2.IMREAD_UNCHANGED
+    return IMREAD_UNCHANGED
 
 
-def datum_array(datum: caffe_pb2.Datum, flag: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+def datum_array(datum: caffe_pb2.Datum, flag: int = IMREAD_UNCHANGED) -> np.ndarray:
     """The datum's pixels as CxHxW: uint8 for data/encoded datums, float32 for float_data.
 
     ValueError (caught and located by callers) for an undecodable or non-8-bit encoded image or
     a data field whose size disagrees with channels*height*width.
     """
     if datum.encoded:
+        from caffe_compat.data.imageio import decode_image, hwc_to_chw
+
         img = decode_image(datum.data, flag)
         if img is None:
             raise ValueError("could not decode the encoded image")

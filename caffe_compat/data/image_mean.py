@@ -22,11 +22,10 @@ import signal
 from dataclasses import dataclass
 from typing import Callable
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from caffe_compat.data.datum import RawLayout, datum_array, parse_datum, raw_datum_view
+from caffe_compat.data.datum import IMREAD_UNCHANGED, RawLayout, datum_array, parse_datum, raw_datum_view
 from caffe_compat.data.lmdb_dataset import count_records, iter_records, open_readonly
 from caffe_compat.errors import CaffeCompatError, where
 from caffe_compat.io.atomic import atomic_write_bytes
@@ -113,7 +112,7 @@ def _pixels(db, key: memoryview, value: memoryview) -> tuple[np.ndarray, bool]:
         return view[0], False
     datum = parse_datum(bytes(value))
     try:
-        return datum_array(datum, cv2.IMREAD_UNCHANGED), datum.encoded
+        return datum_array(datum, IMREAD_UNCHANGED), datum.encoded
     except ValueError as exc:
         raise CaffeCompatError(f"{where(db)}: datum '{_show(bytes(key))}': {exc}") from None
 
