@@ -58,19 +58,21 @@ def test_cli_writes_caffe_bytes_and_logs(fixtures, tmp_path) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 600), st.integers(0, 2**32 - 1), st.booleans(), st.booleans())
-def test_fast_sum_equals_caffes_float32_running_sum(count, seed, claim_huge_db, saturated):
-    """The integer fast path (and the float fallback) give Caffe's float32 running sum bit for bit."""
+@given(st.integers(1, 600), st.integers(0, 2**32 - 1), st.booleans(), st.booleans(),
+       st.sampled_from([(2, 3, 4), (1, 5, 5), (3, 1, 1)]))
+def test_fast_sum_equals_caffes_float32_running_sum(count, seed, claim_huge_db, saturated, shape):
+    """The integer fast path (and the float fallback) give Caffe's float32 running sum bit for bit,
+    for even and odd pixel counts."""
     from caffe_compat.data.image_mean import _PixelSum
 
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (count, 2, 3, 4), dtype=np.uint8)
+    images = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
     if saturated:  # all 255: the case that would overflow a uint16 cell held past 257 images
         images[:] = 255
-    expected = np.zeros((2, 3, 4), np.float32)
+    expected = np.zeros(shape, np.float32)
     for image in images:  # Caffe: sum_blob.data(i) += (uint8)data[i], float32, in DB order
         expected = (expected + image.astype(np.float32)).astype(np.float32)
-    acc = _PixelSum((2, 3, 4), 70_000 if claim_huge_db else count)
+    acc = _PixelSum(shape, 70_000 if claim_huge_db else count)
     for image in images:
         acc.add(image)
     assert acc.exact is not claim_huge_db

