@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from tqdm import tqdm
 
 from caffe_compat.data.datum import encoded_datum, raw_datum
 from caffe_compat.data.imageio import (
@@ -30,6 +29,7 @@ from caffe_compat.data.imageio import (
 from caffe_compat.data.listfile import ImageList, ListEntry, read_list, show
 from caffe_compat.data.lmdb_writer import build_lmdb, check_target
 from caffe_compat.errors import CaffeCompatError, where
+from caffe_compat.progress import progress_bar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -188,9 +188,8 @@ def convert_imageset(root_folder: str, list_file: str | os.PathLike[str], db_nam
     summary = ConvertSummary(target, len(entries))
     jobs = options.jobs or usable_cores()
     data_size: int | None = None
-    with build_lmdb(target, options.overwrite) as db, tqdm(
-        total=len(entries), unit="img", disable=None if options.progress is None else not options.progress,
-        desc="convert-imageset",
+    with build_lmdb(target, options.overwrite) as db, progress_bar(
+        total=len(entries), unit="img", shown=options.progress, desc="convert-imageset"
     ) as bar:
         for key_index, (entry, outcome) in enumerate(zip(entries, ordered_map(job, entries, jobs))):
             bar.update()

@@ -142,6 +142,11 @@ class RawLayout:
 
     def pixels(self, value: memoryview) -> np.ndarray | None:
         """Zero-copy CxHxW pixels of ``value`` if it has this layout, else None (use the full path)."""
+        flat = self.flat_pixels(value)
+        return None if flat is None else flat.reshape(self.shape)
+
+    def flat_pixels(self, value: memoryview) -> np.ndarray | None:
+        """:meth:`pixels` as one flat array (the mean's hot loop saves the reshape)."""
         if len(value) < self.length or value[: len(self.header)] != self.header:
             return None
         tail = bytes(value[self.length :])
@@ -153,7 +158,7 @@ class RawLayout:
             self._tails[tail] = ok
         if not ok:
             return None
-        return np.frombuffer(value, np.uint8, self.size, len(self.header)).reshape(self.shape)
+        return np.frombuffer(value, np.uint8, self.size, len(self.header))
 
 
 def _is_raw_tail(tail: bytes) -> bool:

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from tqdm import tqdm
 
 from caffe_compat.data.datum import IMREAD_UNCHANGED, RawLayout, datum_array, parse_datum, raw_datum_view
 from caffe_compat.data.lmdb_dataset import count_records, iter_records, open_readonly
 from caffe_compat.errors import CaffeCompatError, where
 from caffe_compat.io.atomic import atomic_write_bytes
 from caffe_compat.io.blob import array_to_blob
+from caffe_compat.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -55,42 +55,50 @@ class ImageMean:
 
 
 class _ByteSum:
-    """Exact per-pixel sums of up to 257 uint8 images, two pixels per uint16 operation.
+    """Exact per-pixel sums of uint8 images into ``out`` (flat uint32), two pixels per operation.
 
     Read as little-endian uint16 words, an image holds pixel pairs ``lo + 256 * hi``. Summing the
     words wraps mod 2**16, but with the ``hi`` bytes summed on their own (``word >> 8``), both
     sums come back exactly: ``lo_sum = word_sum - 256 * hi_sum (mod 2**16)``, each being below
-    2**16. Three uint16 passes over half as many elements beat a uint8->uint16 cast plus add
-    (about 15% in compute-image-mean, which is bound by this loop).
+    2**16 for up to 257 images; then they go into ``out``. Three uint16 passes over half as many
+    elements beat a uint8->uint16 cast plus add (about 15% in compute-image-mean).
     """
 
     LIMIT = 257  # 257 * 255 = 65535: the most uint8 images a uint16 sum can hold
+    _WORD = np.dtype("<u2")
+    _EIGHT = np.uint16(8)
 
-    def __init__(self, size: int) -> None:
-        self.even = size & ~1
+    def __init__(self, out: np.ndarray) -> None:
+        self.out = out
+        self.even = out.size & ~1
         self.words = np.zeros(self.even // 2, np.uint16)
         self.high = np.zeros_like(self.words)
         self.tmp = np.empty_like(self.words)
-        self.odd_pixel = 0  # the last pixel when ``size`` is odd
+        self.odd_pixel = 0  # the last pixel when the size is odd
         self.count = 0
 
     def add(self, flat: np.ndarray) -> None:
-        """Add one contiguous uint8 image (flat)."""
-        words = flat[: self.even].view("<u2")
-        np.add(self.words, words, out=self.words)
-        np.right_shift(words, 8, out=self.tmp)
-        np.add(self.high, self.tmp, out=self.high)
-        if self.even != flat.size:
+        """Add one contiguous flat uint8 image. Called once per datum: kept lean."""
+        if self.even == flat.size:
+            words = flat.view(self._WORD)
+        else:
+            words = flat[: self.even].view(self._WORD)
             self.odd_pixel += int(flat[-1])
+        np.add(self.words, words, self.words)
+        np.right_shift(words, self._EIGHT, self.tmp)
+        np.add(self.high, self.tmp, self.high)
         self.count += 1
+        if self.count == self.LIMIT:
+            self.flush()
 
-    def flush_into(self, out: np.ndarray) -> None:
-        """Add the sums into ``out`` (flat uint32) and start again from zero."""
+    def flush(self) -> None:
+        """Add the sums so far into ``out`` and start again from zero."""
+        out, even = self.out, self.even
         np.left_shift(self.high, 8, out=self.tmp)
         np.subtract(self.words, self.tmp, out=self.tmp)  # the lo sums, exact mod 2**16
-        np.add(out[0 : self.even : 2], self.tmp, out=out[0 : self.even : 2])
-        np.add(out[1 : self.even : 2], self.high, out=out[1 : self.even : 2])
-        if self.even != out.size:
+        np.add(out[0:even:2], self.tmp, out=out[0:even:2])
+        np.add(out[1:even:2], self.high, out=out[1:even:2])
+        if even != out.size:
             out[-1] += self.odd_pixel
         self.words.fill(0)
         self.high.fill(0)
@@ -102,36 +110,28 @@ class _PixelSum:
 
     Caffe adds uint8 pixels into float32 one datum at a time. While every partial sum stays below
     2**24 (fewer than 65,794 datums), float32 holds each one exactly, so integer arithmetic gives
-    the identical result: we add into uint16 (:class:`_ByteSum`, up to 257 datums) and flush into
-    uint32. Past that limit, or for float_data datums, we add in float32 in Caffe's order.
+    the identical result (:class:`_ByteSum` into uint32). Past that limit, or for float_data
+    datums, we add in float32 in Caffe's order.
     """
 
-    def __init__(self, shape: tuple[int, ...], total: int, ints: np.ndarray | None = None) -> None:
-        """``ints``: zeroed uint32 storage for the exact sums (a worker's shared memory)."""
+    def __init__(self, shape: tuple[int, ...], total: int) -> None:
         self.exact = total * 255 < 2**24
         self.floats = np.zeros(shape, np.float32)
-        self.ints = (np.zeros(shape, np.uint32) if ints is None else ints) if self.exact else None
-        self.bytes = _ByteSum(self.floats.size) if self.exact else None
+        self.ints = np.zeros(self.floats.size, np.uint32) if self.exact else None
+        self.bytes = _ByteSum(self.ints) if self.exact else None
 
     def add(self, pixels: np.ndarray) -> None:
         if self.exact and pixels.dtype == np.uint8:
             self.bytes.add(np.ascontiguousarray(pixels).reshape(-1))
-            if self.bytes.count == _ByteSum.LIMIT:
-                self.bytes.flush_into(self.ints.reshape(-1))
             return
         self._flush_ints()
         np.add(self.floats, pixels, out=self.floats)
 
-    def exact_sums(self) -> np.ndarray:
-        """The exact uint32 sums so far (only while ``exact`` and every datum was uint8)."""
-        self.bytes.flush_into(self.ints.reshape(-1))
-        return self.ints
-
     def _flush_ints(self) -> None:
         """Move the exact integer sums into the float32 sum (exact: all below 2**24)."""
         if self.ints is not None:
-            self.bytes.flush_into(self.ints.reshape(-1))
-            np.add(self.floats, self.ints.astype(np.float32), out=self.floats)
+            self.bytes.flush()
+            np.add(self.floats, self.ints.reshape(self.floats.shape).astype(np.float32), out=self.floats)
             self.ints.fill(0)
 
     def mean(self, count: int) -> np.ndarray:
@@ -178,9 +178,8 @@ def _first_layout(db: str | os.PathLike[str]) -> RawLayout | None:
     return None
 
 
-def _bar(total: int, progress: bool | None) -> tqdm:
-    return tqdm(total=total, unit="datum", disable=None if progress is None else not progress,
-                desc="compute-image-mean")
+def _bar(total: int, progress: bool | None):
+    return progress_bar(total=total, unit="datum", shown=progress, desc="compute-image-mean")
 
 
 def _sequential_mean(db, total: int, layout: RawLayout | None, progress: bool | None) -> ImageMean:
@@ -266,7 +265,7 @@ def _sum_part(db, layout: RawLayout, total: int, start: bytes, count: int, out: 
               tick: Callable[[int], None]) -> bool:
     """Add ``count`` datums from key ``start`` into ``out`` (zeroed uint32); False on any datum
     that does not have ``layout`` or if the DB ends early."""
-    acc = _PixelSum(layout.shape, total, out)
+    sums = _ByteSum(out.reshape(-1))  # exact: the caller checked total * 255 < 2**24
     n = 0
     shared = open_readonly(db)
     with shared.env.begin(buffers=True) as txn:
@@ -274,14 +273,14 @@ def _sum_part(db, layout: RawLayout, total: int, start: bytes, count: int, out: 
         if not cursor.set_key(start):
             return False
         for value in itertools.islice(cursor.iternext(keys=False, values=True), count):
-            pixels = layout.pixels(value)
+            pixels = layout.flat_pixels(value)
             if pixels is None:
                 return False
-            acc.add(pixels)
+            sums.add(pixels)
             n += 1
             if n & 63 == 0:
                 tick(n)
-    acc.exact_sums()
+    sums.flush()
     tick(n)
     return n == count
 

@@ -24,6 +24,7 @@ from caffe_compat.io.caffemodel import load_caffemodel
 from caffe_compat.io.prototxt import parse_text, read_solver, to_text
 from caffe_compat.io.solverstate import load_solverstate
 from caffe_compat.io.upgrade import upgrade_net_on_read
+from caffe_compat.progress import progress_bar
 from caffe_compat.proto import caffe_pb2
 
 Shape = tuple[int, ...]
@@ -203,7 +204,6 @@ class LmdbInfo:
 def lmdb_info(path: Path) -> LmdbInfo:
     """Scan every Datum of an LMDB (read-only, no lock file written)."""
     import lmdb
-    from tqdm import tqdm
 
     try:
         env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True)
@@ -213,7 +213,7 @@ def lmdb_info(path: Path) -> LmdbInfo:
         total = txn.stat()["entries"]
         info = LmdbInfo(total, collections.Counter(), collections.Counter(), collections.Counter())
         datum = caffe_pb2.Datum()
-        for key, value in tqdm(txn.cursor(), total=total, desc="scanning", unit="datum", disable=total < 100_000, leave=False):
+        for key, value in progress_bar(txn.cursor(), total=total, desc="scanning", unit="datum", shown=None if total >= 100_000 else False, leave=False):
             try:
                 datum.ParseFromString(value)
             except Exception:  # noqa: BLE001 - protobuf's DecodeError differs between runtimes
