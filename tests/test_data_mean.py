@@ -58,12 +58,12 @@ def test_cli_writes_caffe_bytes_and_logs(fixtures, tmp_path) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 600), st.integers(0, 2**32 - 1), st.booleans(), st.booleans(),
+@given(st.integers(1, 600), st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 100, None]), st.booleans(),
        st.sampled_from([(2, 3, 4), (1, 5, 5), (3, 1, 1)]))
-def test_fast_sum_equals_caffes_float32_running_sum(count, seed, claim_huge_db, saturated, shape):
-    """The integer fast path (and the float fallback) give Caffe's float32 running sum bit for bit,
-    for even and odd pixel counts."""
-    from caffe_compat.data.image_mean import _PixelSum
+def test_fast_sum_equals_caffes_float32_running_sum(count, seed, exact_datums, saturated, shape):
+    """The integer fast path, the float32 path and the switch between them give Caffe's float32
+    running sum bit for bit, for even and odd pixel counts."""
+    from caffe_compat.data import image_mean
 
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
@@ -72,11 +72,34 @@ def test_fast_sum_equals_caffes_float32_running_sum(count, seed, claim_huge_db, 
     expected = np.zeros(shape, np.float32)
     for image in images:  # Caffe: sum_blob.data(i) += (uint8)data[i], float32, in DB order
         expected = (expected + image.astype(np.float32)).astype(np.float32)
-    acc = _PixelSum(shape, 70_000 if claim_huge_db else count)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        if exact_datums is not None:  # switch to float32 adds after this many datums
+            monkeypatch.setattr(image_mean, "_EXACT_DATUMS", exact_datums)
+        acc = image_mean._PixelSum(int(np.prod(shape)))
+        for image in images:
+            acc.add(image.reshape(-1))
+    np.testing.assert_array_equal(acc.sums().reshape(shape), expected)
+
+
+def _caffes_running_sum(images: np.ndarray) -> np.ndarray:
+    """sum_blob.data(i) += (uint8)data[i] in float32, datum after datum (compute_image_mean.cpp)."""
+    total = np.zeros(images.shape[1:], np.float32)
+    for image in images:
+        np.add(total, image, out=total)
+    return total
+
+
+def test_sum_past_2_24_rounds_like_caffe() -> None:
+    """Past 65,793 datums float32 partial sums round: the exact prefix hands over to float32 adds."""
+    from caffe_compat.data.image_mean import _PixelSum
+
+    images = np.random.default_rng(1).integers(230, 256, (70_000, 7), dtype=np.uint8)
+    expected = _caffes_running_sum(images)
+    assert not np.array_equal(expected, images.sum(0, dtype=np.float64))  # rounding did happen
+    acc = _PixelSum(7)
     for image in images:
         acc.add(image)
-    assert acc.exact is not claim_huge_db
-    np.testing.assert_array_equal(acc.mean(count), expected / np.float32(count))
+    np.testing.assert_array_equal(acc.sums(), expected)
 
 
 def _raw_db(path, images, labels, odd: dict[int, bytes] | None = None):
@@ -90,10 +113,13 @@ def _raw_db(path, images, labels, odd: dict[int, bytes] | None = None):
 
 
 def _mean_bytes(db, parallel: bool, monkeypatch) -> bytes:
+    """The mean's file bytes: through forked workers, or Caffe's one-datum-at-a-time loop."""
     from caffe_compat.data import image_mean
 
-    monkeypatch.setattr(image_mean, "_cores", lambda: 2 if parallel else 1)
-    return compute_image_mean(db, progress=False).to_blobproto()
+    if parallel:
+        monkeypatch.setattr(image_mean, "_cores", lambda: 2)
+        return compute_image_mean(db, progress=False).to_blobproto()
+    return image_mean._sequential_mean(db, image_mean.count_records(db), None, False).to_blobproto()
 
 
 @settings(max_examples=8, deadline=None)
@@ -110,12 +136,11 @@ def test_parallel_mean_is_bit_identical_to_sequential(tmp_path_factory, count, s
         from caffe_compat.data import image_mean
 
         calls = []
-        real = image_mean._parallel_sums
-        monkeypatch.setattr(image_mean, "_parallel_sums", lambda *a: calls.append(a) or real(*a))
+        real = image_mean._run_round
+        monkeypatch.setattr(image_mean, "_run_round", lambda *a: calls.append(a) or real(*a))
         got = _mean_bytes(db, True, monkeypatch)
-        assert len(calls) == 1 and calls[0][3] == 2  # the forked path really ran, with 2 workers
+        assert [len(parts) for _, _, parts, _, _ in calls] == [2]  # one round, forked: 2 workers
         assert got == _mean_bytes(db, False, monkeypatch)
-        monkeypatch.setattr(image_mean, "_cores", lambda: 2)
         np.testing.assert_array_equal(compute_image_mean(db, progress=False).mean, expected)
     finally:
         monkeypatch.undo()
@@ -135,6 +160,25 @@ def test_parallel_falls_back_for_odd_datums(tmp_path, monkeypatch) -> None:
     images[150] = 1.5
     assert np.float32(compute_image_mean(db, progress=False).mean[0, 0, 0]) == np.float32(
         images[:, 0, 0, 0].sum(dtype=np.float32) / np.float32(200))
+
+
+def test_parallel_pixel_split_past_2_24_is_caffes_sum(tmp_path, monkeypatch) -> None:
+    """Past 65,793 datums (a second round) each worker adds the rest in key order, a pixel slice each."""
+    from caffe_compat.data import image_mean
+
+    count = image_mean._EXACT_DATUMS + 2000
+    images = np.random.default_rng(2).integers(250, 256, (count, 2, 8, 8), dtype=np.uint8)
+    db = _raw_db(tmp_path / "db", images, [1] * count)
+    monkeypatch.setattr(image_mean, "_MIN_PIXELS_PER_WORKER", 64)
+    monkeypatch.setattr(image_mean, "_cores", lambda: 2)
+    half, exact = image_mean._EXACT_DATUMS // 2, image_mean._EXACT_DATUMS
+    plan = [[(p.start, p.count, p.lo, p.hi) for p in parts] for parts in image_mean._plan(db, count, 128, 2)]
+    assert plan == [[(b"00000000", half, 0, 128), (f"{half:08d}".encode(), exact - half, 0, 128)],
+                    [(f"{exact:08d}".encode(), 2000, 0, 64), (f"{exact:08d}".encode(), 2000, 64, 128)]]
+    result = compute_image_mean(db, progress=False)
+    expected = _caffes_running_sum(images)
+    assert not np.array_equal(expected, images.sum(0, dtype=np.float64))  # rounding did happen
+    np.testing.assert_array_equal(result.mean, expected / np.float32(count))
 
 
 @pytest.mark.parametrize("bad", [50, 170])  # in this process's part / in the forked child's

@@ -5,11 +5,12 @@ count in float32; we do the same float32 operations in the same order (whole arr
 so the result is identical, while streaming over the DB in bounded memory. Encoded datums are
 decoded natively (``IMREAD_UNCHANGED``), as Caffe's ``DecodeDatumNative`` does.
 
-While the sum is exact in integers (see :class:`_PixelSum`) and every datum is a raw one laid
-out like the first, the key range is split over forked worker processes (one per core): integer
-partial sums add up to the same numbers in any order, so the file stays byte-identical to
-Caffe's. Anything else (encoded or float datums, a size mismatch) goes the sequential way, which
-also gives Caffe's errors.
+When every datum is a raw one laid out like the first, the work is split over forked worker
+processes (one per core) so that the file stays byte-identical to Caffe's: while the whole sum
+is exact in integers (see :class:`_PixelSum`), by key range, as integer partial sums add up to
+the same numbers in any order; past that, by pixel range, each worker adding every datum in key
+order as Caffe does. Anything else (encoded or float datums, a size mismatch) goes the sequential
+way, which also gives Caffe's errors.
 """
 
 from __future__ import annotations
@@ -105,38 +106,46 @@ class _ByteSum:
         self.odd_pixel = self.count = 0
 
 
-class _PixelSum:
-    """Caffe's float32 running sum, computed faster while it is provably the same numbers.
+_EXACT_DATUMS = (2**24 - 1) // 255  # 65,793 uint8 datums: every float32 partial sum still exact
 
-    Caffe adds uint8 pixels into float32 one datum at a time. While every partial sum stays below
-    2**24 (fewer than 65,794 datums), float32 holds each one exactly, so integer arithmetic gives
-    the identical result (:class:`_ByteSum` into uint32). Past that limit, or for float_data
-    datums, we add in float32 in Caffe's order.
+
+class _PixelSum:
+    """Caffe's float32 running sum of flat datums, computed faster while it is provably the same.
+
+    Caffe adds each datum into float32 in key order. While every partial sum stays below 2**24
+    (the first 65,793 uint8 datums) float32 holds it exactly, so integer sums in any order
+    (:class:`_ByteSum`) are the same numbers; after that, or from a float_data datum on, we add
+    in float32 in Caffe's order.
     """
 
-    def __init__(self, shape: tuple[int, ...], total: int) -> None:
-        self.exact = total * 255 < 2**24
-        self.floats = np.zeros(shape, np.float32)
-        self.ints = np.zeros(self.floats.size, np.uint32) if self.exact else None
-        self.bytes = _ByteSum(self.ints) if self.exact else None
+    def __init__(self, size: int, start: np.ndarray | None = None) -> None:
+        """``start``: float32 sums of earlier datums to go on from, in float32 adds."""
+        self.floats = np.zeros(size, np.float32) if start is None else start.astype(np.float32)
+        self.ints: np.ndarray | None = np.zeros(size, np.uint32) if start is None else None
+        self.bytes: _ByteSum | None = _ByteSum(self.ints) if start is None else None
+        self.exact_left = _EXACT_DATUMS
 
-    def add(self, pixels: np.ndarray) -> None:
-        if self.exact and pixels.dtype == np.uint8:
-            self.bytes.add(np.ascontiguousarray(pixels).reshape(-1))
-            return
-        self._flush_ints()
-        np.add(self.floats, pixels, out=self.floats)
+    def add(self, flat: np.ndarray) -> None:
+        """Add one flat datum (uint8 pixels or float_data values)."""
+        if self.bytes is not None:
+            if self.exact_left and flat.dtype == np.uint8:
+                self.bytes.add(flat)
+                self.exact_left -= 1
+                return
+            self._to_floats()
+        np.add(self.floats, flat, out=self.floats)
 
-    def _flush_ints(self) -> None:
-        """Move the exact integer sums into the float32 sum (exact: all below 2**24)."""
-        if self.ints is not None:
-            self.bytes.flush()
-            np.add(self.floats, self.ints.reshape(self.floats.shape).astype(np.float32), out=self.floats)
-            self.ints.fill(0)
+    def sums(self) -> np.ndarray:
+        """The float32 sums so far: Caffe's numbers (further datums are added in float32)."""
+        if self.bytes is not None:
+            self._to_floats()
+        return self.floats
 
-    def mean(self, count: int) -> np.ndarray:
-        self._flush_ints()
-        return self.floats / np.float32(count)
+    def _to_floats(self) -> None:
+        """Move the exact sums into float32 (exact: below 2**24); float32 adds from now on."""
+        self.bytes.flush()
+        np.add(self.floats, self.ints.astype(np.float32), out=self.floats)
+        self.bytes = self.ints = None
 
 
 def _pixels(db, key: memoryview, value: memoryview) -> tuple[np.ndarray, bool]:
@@ -157,15 +166,15 @@ def compute_image_mean(db: str | os.PathLike[str], progress: bool | None = None)
     if total == 0:
         raise CaffeCompatError(f"{where(db)}: the database is empty")
     layout = _first_layout(db)
-    workers = min(_cores(), total // _MIN_PER_WORKER)
-    if layout is not None and workers > 1 and total * 255 < 2**24:
-        sums = _parallel_sums(db, layout, total, workers, progress)
+    if layout is not None:
+        sums = _parallel_sums(db, layout, total, _plan(db, total, layout.size, _cores()), progress)
         if sums is not None:
-            return ImageMean(sums.astype(np.float32) / np.float32(total), total, False)
+            return ImageMean((sums / np.float32(total)).reshape(layout.shape), total, False)
     return _sequential_mean(db, total, layout, progress)
 
 
-_MIN_PER_WORKER = 64  # below this a fork costs more than it saves
+_MIN_DATUMS_PER_WORKER = 64  # below these a fork costs more than it saves
+_MIN_PIXELS_PER_WORKER = 16384
 
 
 def _cores() -> int:
@@ -196,7 +205,7 @@ def _sequential_mean(db, total: int, layout: RawLayout | None, progress: bool | 
                 pixels, is_encoded = _pixels(db, key, value)
             if acc is None:
                 shape = pixels.shape
-                acc = _PixelSum(shape, total)
+                acc = _PixelSum(pixels.size)
                 encoded = is_encoded
                 if encoded:
                     log.info("Decoding Datum")
@@ -205,84 +214,134 @@ def _sequential_mean(db, total: int, layout: RawLayout | None, progress: bool | 
                     f"{where(db)}: datum '{_show(bytes(key))}' has {pixels.size} values "
                     f"(shape {pixels.shape}), the first has {acc.floats.size} (shape {shape})"
                 )
-            acc.add(pixels.reshape(shape))
+            acc.add(np.ascontiguousarray(pixels).reshape(-1))
             count += 1
             if count & 63 == 0:
                 bar.update(count - bar.n)
         bar.update(count - bar.n)
-    return ImageMean(acc.mean(count), count, encoded)
+    return ImageMean((acc.sums() / np.float32(count)).reshape(shape), count, encoded)
 
 
-def _parallel_sums(db, layout: RawLayout, total: int, workers: int, progress: bool | None) -> np.ndarray | None:
-    """Exact uint32 pixel sums over ``db``, its key range split over ``workers`` processes.
+@dataclass(frozen=True)
+class _Part:
+    """One process's share of a round: ``count`` datums from key ``start``, pixels [lo, hi)."""
 
-    This process sums the first part and forks one child per other part; each child opens the
-    LMDB itself and leaves its sums and progress in shared memory. None if any datum does not
-    have ``layout`` (or a child failed): the caller then takes the sequential path.
+    start: bytes
+    count: int
+    lo: int
+    hi: int
+
+
+def _plan(db, total: int, size: int, cores: int) -> list[list[_Part]]:
+    """How to split the sum over processes without changing a bit of it.
+
+    Rounds of parts: a round's parts are summed at once, each by its own process, going on from
+    the previous round's sums. First the datums whose float32 partial sums are still exact
+    integers, split by key range (integer partial sums add up the same in any order); then, past
+    2**24, the rest in key order as Caffe adds them, split by pixel range.
     """
-    starts = _split_keys(db, total, workers)
-    counts = [b - a for a, b in itertools.pairwise([*(total * i // workers for i in range(workers)), total])]
-    shared = mmap.mmap(-1, workers * (layout.size * 4 + 8))  # anonymous, shared with children
-    sums = np.frombuffer(shared, np.uint32, workers * layout.size).reshape(workers, *layout.shape)
-    done = np.frombuffer(shared, np.int64, workers, workers * layout.size * 4)
+    exact = min(total, _EXACT_DATUMS)
+    workers = max(1, min(cores, exact // _MIN_DATUMS_PER_WORKER))
+    firsts = [exact * i // workers for i in range(workers)]
+    keys = _keys_at(db, firsts + [exact] if total > exact else firsts)
+    counts = [b - a for a, b in itertools.pairwise([*firsts, exact])]
+    rounds = [[_Part(key, n, 0, size) for key, n in zip(keys, counts)]]
+    if total > exact:
+        workers = max(1, min(cores, size // _MIN_PIXELS_PER_WORKER))
+        bounds = [size * i // workers & ~63 for i in range(workers)] + [size]  # cache-line aligned
+        rounds.append([_Part(keys[-1], total - exact, lo, hi) for lo, hi in itertools.pairwise(bounds)])
+    return rounds
+
+
+def _keys_at(db, indexes: list[int]) -> list[bytes]:
+    """The keys at these positions (ascending) in key order (keys only: cheap)."""
+    shared = open_readonly(db)
+    with shared.env.begin() as txn:
+        keys = txn.cursor().iternext(keys=True, values=False)
+        wanted = set(indexes)
+        return [key for index, key in zip(range(indexes[-1] + 1), keys) if index in wanted]
+
+
+def _parallel_sums(db, layout: RawLayout, total: int, rounds: list[list[_Part]],
+                   progress: bool | None) -> np.ndarray | None:
+    """Caffe's float32 pixel sums over ``db``, summed as ``rounds`` plan; None if any datum does
+    not have ``layout`` (or a worker failed): the caller then takes the sequential path."""
+    units = sum(part.count for parts in rounds for part in parts)
+    finished = 0
+    sums = None
+    with _bar(total, progress) as bar:
+        for parts in rounds:
+            def report(n: int, finished: int = finished) -> None:
+                bar.update((finished + n) * total // units - bar.n)
+
+            sums = _run_round(db, layout, parts, sums, report)
+            if sums is None:
+                return None
+            finished += sum(part.count for part in parts)
+    return sums
+
+
+def _run_round(db, layout: RawLayout, parts: list[_Part], start: np.ndarray | None,
+               report: Callable[[int], None]) -> np.ndarray | None:
+    """Sum ``parts`` going on from ``start``: this process the first, one forked child each other.
+
+    Each child opens the LMDB itself and leaves its sums (zeros outside its pixel range) and
+    progress in shared memory.
+    """
+    workers, size = len(parts), layout.size
+    shared = mmap.mmap(-1, workers * (size * 4 + 8))  # anonymous, shared with children
+    sums = np.frombuffer(shared, np.float32, workers * size).reshape(workers, size)
+    done = np.frombuffer(shared, np.int64, workers, workers * size * 4)
     children = []
-    for part in range(1, workers):
+    for index in range(1, workers):
         pid = os.fork()
         if pid == 0:  # child: only sums (all its code is imported already); never returns to the caller
             status = 1
             try:
-                status = 0 if _sum_part(db, layout, total, starts[part], counts[part], sums[part],
-                                        lambda n, part=part: done.__setitem__(part, n)) else 1
+                status = 0 if _sum_part(db, layout, parts[index], start, sums[index],
+                                        lambda n, index=index: done.__setitem__(index, n)) else 1
             finally:
                 os._exit(status)
         children.append(pid)
     ok = False
     try:
-        with _bar(total, progress) as bar:
-            def tick(n: int) -> None:
-                done[0] = n
-                bar.update(int(done.sum()) - bar.n)
+        def tick(n: int) -> None:
+            done[0] = n
+            report(int(done.sum()))
 
-            ok = _sum_part(db, layout, total, starts[0], counts[0], sums[0], tick)
+        ok = _sum_part(db, layout, parts[0], start, sums[0], tick)
     finally:
         for pid in children:  # reap them whatever happened here; stop them if their sums are moot
             if not ok:
                 os.kill(pid, signal.SIGTERM)
             ok = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 and ok
-    return sums.sum(axis=0, dtype=np.uint32) if ok else None
+    # exact either way: integers below 2**24, or one non-zero term per pixel
+    return sums.sum(axis=0, dtype=np.float32) if ok else None
 
 
-def _split_keys(db, total: int, workers: int) -> list[bytes]:
-    """The first key of each of ``workers`` near-equal parts, in key order (keys only: cheap)."""
-    firsts = [total * i // workers for i in range(workers)]
-    shared = open_readonly(db)
-    with shared.env.begin() as txn:
-        keys = txn.cursor().iternext(keys=True, values=False)
-        return [key for index, key in zip(range(firsts[-1] + 1), keys) if index in firsts]
-
-
-def _sum_part(db, layout: RawLayout, total: int, start: bytes, count: int, out: np.ndarray,
+def _sum_part(db, layout: RawLayout, part: _Part, start: np.ndarray | None, out: np.ndarray,
               tick: Callable[[int], None]) -> bool:
-    """Add ``count`` datums from key ``start`` into ``out`` (zeroed uint32); False on any datum
+    """Sum ``part`` (going on from ``start``) into ``out[part.lo:part.hi]``; False on any datum
     that does not have ``layout`` or if the DB ends early."""
-    sums = _ByteSum(out.reshape(-1))  # exact: the caller checked total * 255 < 2**24
+    acc = _PixelSum(part.hi - part.lo, None if start is None else start[part.lo : part.hi])
+    whole = part.lo == 0 and part.hi == layout.size
     n = 0
     shared = open_readonly(db)
     with shared.env.begin(buffers=True) as txn:
         cursor = txn.cursor()
-        if not cursor.set_key(start):
+        if not cursor.set_key(part.start):
             return False
-        for value in itertools.islice(cursor.iternext(keys=False, values=True), count):
+        for value in itertools.islice(cursor.iternext(keys=False, values=True), part.count):
             pixels = layout.flat_pixels(value)
             if pixels is None:
                 return False
-            sums.add(pixels)
+            acc.add(pixels if whole else pixels[part.lo : part.hi])
             n += 1
             if n & 63 == 0:
                 tick(n)
-    sums.flush()
+    out[part.lo : part.hi] = acc.sums()
     tick(n)
-    return n == count
+    return n == part.count
 
 
 def write_image_mean(result: ImageMean, out: str | os.PathLike[str]) -> None:
