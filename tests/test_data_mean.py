@@ -123,13 +123,14 @@ def _mean_bytes(db, parallel: bool, monkeypatch) -> bytes:
 
 
 @settings(max_examples=8, deadline=None)
-@given(st.integers(128, 400), st.integers(0, 2**32 - 1))
-def test_parallel_mean_is_bit_identical_to_sequential(tmp_path_factory, count, seed) -> None:
-    """Exact integer partial sums over forked key ranges give the sequential (Caffe's) bytes."""
+@given(st.integers(128, 400), st.integers(0, 2**32 - 1), st.sampled_from([(3, 5, 4), (1, 5, 5)]))
+def test_parallel_mean_is_bit_identical_to_sequential(tmp_path_factory, count, seed, shape) -> None:
+    """Exact integer partial sums over forked key ranges give the sequential (Caffe's) bytes,
+    for even and odd pixel counts."""
     monkeypatch = pytest.MonkeyPatch()
     try:
         rng = np.random.default_rng(seed)
-        images = rng.integers(0, 256, (count, 3, 5, 4), dtype=np.uint8)
+        images = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
         labels = rng.integers(-(2**31), 2**31, count)  # every label varint width, negatives too
         db = _raw_db(tmp_path_factory.mktemp("db") / "db", images, labels)
         expected = images.astype(np.float64).sum(0).astype(np.float32) / np.float32(count)

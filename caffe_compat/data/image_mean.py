@@ -315,8 +315,11 @@ def _run_round(db, layout: RawLayout, parts: list[_Part], start: np.ndarray | No
             if not ok:
                 os.kill(pid, signal.SIGTERM)
             ok = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 and ok
+    if not ok:
+        return None
+    report(int(done.sum()))  # the children's last counts, now that they are all in
     # exact either way: integers below 2**24, or one non-zero term per pixel
-    return sums.sum(axis=0, dtype=np.float32) if ok else None
+    return sums.sum(axis=0, dtype=np.float32)
 
 
 def _sum_part(db, layout: RawLayout, part: _Part, start: np.ndarray | None, out: np.ndarray,
