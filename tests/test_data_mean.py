@@ -58,9 +58,9 @@ def test_cli_writes_caffe_bytes_and_logs(fixtures, tmp_path) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 600), st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 100, None]), st.booleans(),
+@given(st.integers(1, 600), st.integers(0, 2**32 - 1), st.sampled_from([256, 1000, 70_000, None]), st.booleans(),
        st.sampled_from([(2, 3, 4), (1, 5, 5), (3, 1, 1)]))
-def test_fast_sum_equals_caffes_float32_running_sum(count, seed, exact_datums, saturated, shape):
+def test_fast_sum_equals_caffes_float32_running_sum(count, seed, exact_below, saturated, shape):
     """The integer fast path, the float32 path and the switch between them give Caffe's float32
     running sum bit for bit, for even and odd pixel counts."""
     from caffe_compat.data import image_mean
@@ -73,8 +73,8 @@ def test_fast_sum_equals_caffes_float32_running_sum(count, seed, exact_datums, s
     for image in images:  # Caffe: sum_blob.data(i) += (uint8)data[i], float32, in DB order
         expected = (expected + image.astype(np.float32)).astype(np.float32)
     with pytest.MonkeyPatch.context() as monkeypatch:
-        if exact_datums is not None:  # switch to float32 adds after this many datums
-            monkeypatch.setattr(image_mean, "_EXACT_DATUMS", exact_datums)
+        if exact_below is not None:  # pretend float32 rounds from here: switch to float32 adds early
+            monkeypatch.setattr(image_mean, "_EXACT", exact_below)
         acc = image_mean._PixelSum(int(np.prod(shape)))
         for image in images:
             acc.add(image.reshape(-1))
@@ -90,7 +90,7 @@ def _caffes_running_sum(images: np.ndarray) -> np.ndarray:
 
 
 def test_sum_past_2_24_rounds_like_caffe() -> None:
-    """Past 65,793 datums float32 partial sums round: the exact prefix hands over to float32 adds."""
+    """Past 2**24 float32 partial sums round: the exact integer sums hand over to float32 adds."""
     from caffe_compat.data.image_mean import _PixelSum
 
     images = np.random.default_rng(1).integers(230, 256, (70_000, 7), dtype=np.uint8)
@@ -138,9 +138,9 @@ def test_parallel_mean_is_bit_identical_to_sequential(tmp_path_factory, count, s
 
         calls = []
         real = image_mean._run_round
-        monkeypatch.setattr(image_mean, "_run_round", lambda *a: calls.append(a) or real(*a))
+        monkeypatch.setattr(image_mean, "_run_round", lambda *a: calls.append(a[2]) or real(*a))
         got = _mean_bytes(db, True, monkeypatch)
-        assert [len(parts) for _, _, parts, _, _ in calls] == [2]  # one round, forked: 2 workers
+        assert [len(plan.parts) for plan in calls] == [2]  # one round, forked: 2 workers
         assert got == _mean_bytes(db, False, monkeypatch)
         np.testing.assert_array_equal(compute_image_mean(db, progress=False).mean, expected)
     finally:
@@ -163,23 +163,47 @@ def test_parallel_falls_back_for_odd_datums(tmp_path, monkeypatch) -> None:
         images[:, 0, 0, 0].sum(dtype=np.float32) / np.float32(200))
 
 
-def test_parallel_pixel_split_past_2_24_is_caffes_sum(tmp_path, monkeypatch) -> None:
-    """Past 65,793 datums (a second round) each worker adds the rest in key order, a pixel slice each."""
+def test_parallel_rounds_past_2_24_give_caffes_sum(tmp_path, monkeypatch) -> None:
+    """Key-range rounds while the sums stay exact integers, then the rest in key order, a pixel
+    slice per worker, the integer sums going on until 2**24 is near, then float32 adds."""
     from caffe_compat.data import image_mean
 
-    count = image_mean._EXACT_DATUMS + 2000
+    exact = (2**24 - 1) // 255
+    count = exact + 2000
     images = np.random.default_rng(2).integers(250, 256, (count, 2, 8, 8), dtype=np.uint8)
     db = _raw_db(tmp_path / "db", images, [1] * count)
     monkeypatch.setattr(image_mean, "_MIN_PIXELS_PER_WORKER", 64)
     monkeypatch.setattr(image_mean, "_cores", lambda: 2)
-    half, exact = image_mean._EXACT_DATUMS // 2, image_mean._EXACT_DATUMS
-    plan = [[(p.start, p.count, p.lo, p.hi) for p in parts] for parts in image_mean._plan(db, count, 128, 2)]
-    assert plan == [[(b"00000000", half, 0, 128), (f"{half:08d}".encode(), exact - half, 0, 128)],
-                    [(f"{exact:08d}".encode(), 2000, 0, 64), (f"{exact:08d}".encode(), 2000, 64, 128)]]
+    rounds = []
+    real = image_mean._run_round
+    monkeypatch.setattr(image_mean, "_run_round", lambda *a: rounds.append(a[2]) or real(*a))
     result = compute_image_mean(db, progress=False)
+    half = exact // 2
+    assert [(r.ordered, [(p.start, p.count, p.lo, p.hi) for p in r.parts]) for r in rounds] == [
+        (False, [(b"00000000", half, 0, 128), (f"{half:08d}".encode(), exact - half, 0, 128)]),
+        (True, [(f"{exact:08d}".encode(), 2000, 0, 64), (f"{exact:08d}".encode(), 2000, 64, 128)])]
     expected = _caffes_running_sum(images)
     assert not np.array_equal(expected, images.sum(0, dtype=np.float64))  # rounding did happen
     np.testing.assert_array_equal(result.mean, expected / np.float32(count))
+
+
+def test_key_range_rounds_go_on_while_the_sums_allow(tmp_path, monkeypatch) -> None:
+    """Dark images leave room past 65,793 datums: a second key-range round, no ordered one."""
+    from caffe_compat.data import image_mean
+
+    monkeypatch.setattr(image_mean, "_EXACT", 200 * 100 + 1)  # as if 2**24 were reached sooner
+    monkeypatch.setattr(image_mean, "_MIN_DATUMS_PER_ROUND", 8)
+    monkeypatch.setattr(image_mean, "_MIN_DATUMS_PER_WORKER", 4)
+    monkeypatch.setattr(image_mean, "_cores", lambda: 2)
+    images = np.full((120, 1, 2, 2), 100, np.uint8)
+    db = _raw_db(tmp_path / "db", images, [0] * 120)
+    rounds = []
+    real = image_mean._run_round
+    monkeypatch.setattr(image_mean, "_run_round", lambda *a: rounds.append(a[2]) or real(*a))
+    result = compute_image_mean(db, progress=False)
+    # room 78 from zero (20000 // 255), then (20000 - 7800) // 255 = 47 ≥ the 42 left
+    assert [(r.ordered, r.count, len(r.parts)) for r in rounds] == [(False, 78, 2), (False, 42, 2)]
+    np.testing.assert_array_equal(result.mean, np.full((1, 2, 2), 100, np.float32))
 
 
 @pytest.mark.parametrize("bad", [50, 170])  # in this process's part / in the forked child's

@@ -35,7 +35,8 @@ def test_mean_progress_counts_every_datum_over_both_rounds(tmp_path, monkeypatch
     from caffe_compat.data.datum import raw_datum
     from caffe_compat.data.lmdb_writer import build_lmdb
 
-    monkeypatch.setattr(image_mean, "_EXACT_DATUMS", 150)
+    monkeypatch.setattr(image_mean, "_EXACT", 150 * 255 + 1)  # a key-range round of 150, then ordered
+    monkeypatch.setattr(image_mean, "_MIN_DATUMS_PER_ROUND", 100)
     monkeypatch.setattr(image_mean, "_MIN_PIXELS_PER_WORKER", 64)
     monkeypatch.setattr(image_mean, "_cores", lambda: 2)
     images = np.random.default_rng(0).integers(0, 256, (200, 2, 8, 8), dtype=np.uint8)

@@ -9,7 +9,7 @@ When every datum is a raw one laid out like the first, the work is split over fo
 processes (one per core) so that the file stays byte-identical to Caffe's: over the first 65,793
 datums, where the sum is exact in integers (see :class:`_PixelSum`), by key range, as integer
 partial sums add up to the same numbers in any order; past that, by pixel range, each worker
-adding every further datum in key order as Caffe does (see :func:`_plan`). Anything else (encoded or float datums, a size mismatch) goes the sequential
+adding every further datum in key order as Caffe does (see :func:`_next_round`). Anything else (encoded or float datums, a size mismatch) goes the sequential
 way, which also gives Caffe's errors.
 """
 
@@ -106,32 +106,44 @@ class _ByteSum:
         self.odd_pixel = self.count = 0
 
 
-_EXACT_DATUMS = (2**24 - 1) // 255  # 65,793 uint8 datums: every float32 partial sum still exact
+_EXACT = 2**24  # float32 holds every integer below this, so Caffe's sums below it are exact
+
+
+def _room(sums: np.ndarray) -> int:
+    """How many more uint8 datums surely keep every sum below 2**24 (65,793 from zero)."""
+    return max(0, (_EXACT - 1 - int(sums.max(initial=0))) // 255)
 
 
 class _PixelSum:
     """Caffe's float32 running sum of flat datums, computed faster while it is provably the same.
 
-    Caffe adds each datum into float32 in key order. While every partial sum stays below 2**24
-    (the first 65,793 uint8 datums) float32 holds it exactly, so integer sums in any order
-    (:class:`_ByteSum`) are the same numbers; after that, or from a float_data datum on, we add
-    in float32 in Caffe's order.
+    Caffe adds each datum into float32 in key order. While every partial sum stays below 2**24,
+    float32 holds it exactly, so integer sums in any order (:class:`_ByteSum`) are the same
+    numbers. The headroom (:func:`_room`: 65,793 datums from zero) is recomputed from the largest
+    sum when it runs out; below one :class:`_ByteSum` chunk of it, or from a float_data datum on,
+    we add in float32 in Caffe's order.
     """
 
     def __init__(self, size: int, start: np.ndarray | None = None) -> None:
-        """``start``: float32 sums of earlier datums to go on from, in float32 adds."""
+        """``start``: float32 sums of earlier datums to go on from."""
         self.floats = np.zeros(size, np.float32) if start is None else start.astype(np.float32)
-        self.ints: np.ndarray | None = np.zeros(size, np.uint32) if start is None else None
-        self.bytes: _ByteSum | None = _ByteSum(self.ints) if start is None else None
-        self.exact_left = _EXACT_DATUMS
+        exact = start is None or bool(start.max(initial=0) < _EXACT and np.all(start == np.floor(start)))
+        self.ints: np.ndarray | None = self.floats.astype(np.uint32) if exact else None
+        self.bytes: _ByteSum | None = _ByteSum(self.ints) if exact else None
+        self.room = _room(self.ints) if exact else 0
 
     def add(self, flat: np.ndarray) -> None:
         """Add one flat datum (uint8 pixels or float_data values)."""
         if self.bytes is not None:
-            if self.exact_left and flat.dtype == np.uint8:
-                self.bytes.add(flat)
-                self.exact_left -= 1
-                return
+            if flat.dtype == np.uint8:
+                if not self.room:
+                    self.bytes.flush()
+                    room = _room(self.ints)
+                    self.room = room if room >= _ByteSum.LIMIT else 0  # else refreshes cost more than float32 adds
+                if self.room:
+                    self.bytes.add(flat)
+                    self.room -= 1
+                    return
             self._to_floats()
         np.add(self.floats, flat, out=self.floats)
 
@@ -144,7 +156,7 @@ class _PixelSum:
     def _to_floats(self) -> None:
         """Move the exact sums into float32 (exact: below 2**24); float32 adds from now on."""
         self.bytes.flush()
-        np.add(self.floats, self.ints.astype(np.float32), out=self.floats)
+        self.floats[...] = self.ints
         self.bytes = self.ints = None
 
 
@@ -167,7 +179,7 @@ def compute_image_mean(db: str | os.PathLike[str], progress: bool | None = None)
         raise CaffeCompatError(f"{where(db)}: the database is empty")
     layout = _first_layout(db)
     if layout is not None:
-        sums = _parallel_sums(db, layout, total, _plan(db, total, layout.size, _cores()), progress)
+        sums = _parallel_sums(db, layout, total, _cores(), progress)
         if sums is not None:
             return ImageMean((sums / np.float32(total)).reshape(layout.shape), total, False)
     return _sequential_mean(db, total, layout, progress)
@@ -175,6 +187,7 @@ def compute_image_mean(db: str | os.PathLike[str], progress: bool | None = None)
 
 _MIN_DATUMS_PER_WORKER = 64  # below these a fork costs more than it saves
 _MIN_PIXELS_PER_WORKER = 16384
+_MIN_DATUMS_PER_ROUND = 4096  # a key-range round shorter than this is not worth its key scan
 
 
 def _cores() -> int:
@@ -232,73 +245,99 @@ class _Part:
     hi: int
 
 
-def _plan(db, total: int, size: int, cores: int) -> list[list[_Part]]:
-    """How to split the sum over processes without changing a bit of it.
+@dataclass(frozen=True)
+class _Round:
+    """Parts summed at once, each by its own process, after the rounds before.
 
-    Rounds of parts: a round's parts are summed at once, each by its own process, going on from
-    the previous round's sums. First the datums whose float32 partial sums are still exact
-    integers, split by key range (integer partial sums add up the same in any order); then, past
-    2**24, the rest in key order as Caffe adds them, split by pixel range.
+    Not ``ordered``: integer partial sums of disjoint key ranges, added to the sums so far in
+    any order. ``ordered``: every part takes all the round's datums in key order, as Caffe adds
+    them, going on from the sums so far for its own pixel range.
     """
-    exact = min(total, _EXACT_DATUMS)
-    workers = max(1, min(cores, exact // _MIN_DATUMS_PER_WORKER))
-    firsts = [exact * i // workers for i in range(workers)]
-    keys = _keys_at(db, firsts + [exact] if total > exact else firsts)
-    counts = [b - a for a, b in itertools.pairwise([*firsts, exact])]
-    rounds = [[_Part(key, n, 0, size) for key, n in zip(keys, counts)]]
-    if total > exact:
-        workers = max(1, min(cores, size // _MIN_PIXELS_PER_WORKER))
-        bounds = [size * i // workers & ~63 for i in range(workers)] + [size]  # cache-line aligned
-        rounds.append([_Part(keys[-1], total - exact, lo, hi) for lo, hi in itertools.pairwise(bounds)])
-    return rounds
+
+    parts: list[_Part]
+    ordered: bool
+    count: int  # datums the round covers
+    after: bytes | None  # the key the next round starts from
 
 
-def _keys_at(db, indexes: list[int]) -> list[bytes]:
-    """The keys at these positions (ascending) in key order (keys only: cheap)."""
+def _next_round(db, start: bytes | None, remaining: int, size: int, cores: int, room: int) -> _Round:
+    """The round for the next ``remaining`` datums from key ``start`` (None: the first), given
+    the headroom (:func:`_room`) of the sums so far; how to split them without changing a bit."""
+    if room >= min(remaining, _MIN_DATUMS_PER_ROUND):  # every partial sum stays an exact integer
+        count = min(room, remaining)
+        workers = max(1, min(cores, count // _MIN_DATUMS_PER_WORKER))
+        firsts = [count * i // workers for i in range(workers)]
+        keys = _keys_from(db, start, [*firsts, count])
+        counts = [b - a for a, b in itertools.pairwise([*firsts, count])]
+        parts = [_Part(key, n, 0, size) for key, n in zip(keys, counts)] if len(keys) >= workers else []
+        return _Round(parts, False, count, keys[-1] if len(keys) > workers else None)
+    workers = max(1, min(cores, size // _MIN_PIXELS_PER_WORKER))
+    bounds = [size * i // workers & ~63 for i in range(workers)] + [size]  # cache-line aligned
+    parts = [_Part(key, remaining, lo, hi) for key in _keys_from(db, start, [0])
+             for lo, hi in itertools.pairwise(bounds)]
+    return _Round(parts, True, remaining, None)
+
+
+def _keys_from(db, start: bytes | None, offsets: list[int]) -> list[bytes]:
+    """The keys ``offsets`` (ascending) places after key ``start`` (None: the first key), as
+    many as the DB has (keys only: cheap)."""
     shared = open_readonly(db)
     with shared.env.begin() as txn:
-        keys = txn.cursor().iternext(keys=True, values=False)
-        wanted = set(indexes)
-        return [key for index, key in zip(range(indexes[-1] + 1), keys) if index in wanted]
+        cursor = txn.cursor()
+        if not (cursor.first() if start is None else cursor.set_key(start)):
+            return []
+        keys = cursor.iternext(keys=True, values=False)
+        wanted = set(offsets)
+        return [key for index, key in zip(range(offsets[-1] + 1), keys) if index in wanted]
 
 
-def _parallel_sums(db, layout: RawLayout, total: int, rounds: list[list[_Part]],
-                   progress: bool | None) -> np.ndarray | None:
-    """Caffe's float32 pixel sums over ``db``, summed as ``rounds`` plan; None if any datum does
-    not have ``layout`` (or a worker failed): the caller then takes the sequential path."""
-    units = sum(part.count for parts in rounds for part in parts)
-    finished = 0
-    sums = None
+def _parallel_sums(db, layout: RawLayout, total: int, cores: int, progress: bool | None) -> np.ndarray | None:
+    """Caffe's float32 pixel sums over ``db``, in rounds of forked processes (:func:`_next_round`);
+    None if any datum does not have ``layout`` (or a worker failed): the caller then takes the
+    sequential path."""
+    sums = np.zeros(layout.size, np.float32)
+    done = 0
+    start: bytes | None = None
     with _bar(total, progress) as bar:
-        for parts in rounds:
-            def report(n: int, finished: int = finished) -> None:
-                bar.update((finished + n) * total // units - bar.n)
+        while done < total:
+            plan = _next_round(db, start, total - done, layout.size, cores, _room(sums))
+            if not plan.parts:  # the DB has fewer records than it said
+                return None
 
-            sums = _run_round(db, layout, parts, sums, report)
+            def report(n: int, before: int = done) -> None:
+                bar.update(before + n - bar.n)
+
+            sums = _run_round(db, layout, plan, sums, report)
             if sums is None:
                 return None
-            finished += sum(part.count for part in parts)
+            done += plan.count
+            start = plan.after
+            if start is None and done < total:  # the DB has fewer records than it said
+                return None
     return sums
 
 
-def _run_round(db, layout: RawLayout, parts: list[_Part], start: np.ndarray | None,
+def _run_round(db, layout: RawLayout, plan: _Round, sums: np.ndarray,
                report: Callable[[int], None]) -> np.ndarray | None:
-    """Sum ``parts`` going on from ``start``: this process the first, one forked child each other.
+    """The sums after ``plan``: this process sums the first part, one forked child each other.
 
     Each child opens the LMDB itself and leaves its sums (zeros outside its pixel range) and
     progress in shared memory.
     """
-    workers, size = len(parts), layout.size
+    parts, size = plan.parts, layout.size
+    workers = len(parts)
+    start = sums if plan.ordered else None
     shared = mmap.mmap(-1, workers * (size * 4 + 8))  # anonymous, shared with children
-    sums = np.frombuffer(shared, np.float32, workers * size).reshape(workers, size)
+    rows = np.frombuffer(shared, np.float32, workers * size).reshape(workers, size)
     done = np.frombuffer(shared, np.int64, workers, workers * size * 4)
+    per_datum = workers if plan.ordered else 1  # ordered: every worker goes through every datum
     children = []
     for index in range(1, workers):
         pid = os.fork()
         if pid == 0:  # child: only sums (all its code is imported already); never returns to the caller
             status = 1
             try:
-                status = 0 if _sum_part(db, layout, parts[index], start, sums[index],
+                status = 0 if _sum_part(db, layout, parts[index], start, rows[index],
                                         lambda n, index=index: done.__setitem__(index, n)) else 1
             finally:
                 os._exit(status)
@@ -307,9 +346,9 @@ def _run_round(db, layout: RawLayout, parts: list[_Part], start: np.ndarray | No
     try:
         def tick(n: int) -> None:
             done[0] = n
-            report(int(done.sum()))
+            report(int(done.sum()) // per_datum)
 
-        ok = _sum_part(db, layout, parts[0], start, sums[0], tick)
+        ok = _sum_part(db, layout, parts[0], start, rows[0], tick)
     finally:
         for pid in children:  # reap them whatever happened here; stop them if their sums are moot
             if not ok:
@@ -317,9 +356,10 @@ def _run_round(db, layout: RawLayout, parts: list[_Part], start: np.ndarray | No
             ok = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 and ok
     if not ok:
         return None
-    report(int(done.sum()))  # the children's last counts, now that they are all in
-    # exact either way: integers below 2**24, or one non-zero term per pixel
-    return sums.sum(axis=0, dtype=np.float32)
+    report(int(done.sum()) // per_datum)  # the children's last counts, now that they are all in
+    # exact either way: one non-zero term per pixel, or integers that stay below 2**24
+    total = rows.sum(axis=0, dtype=np.float32)
+    return total if plan.ordered else np.add(total, sums, out=total)
 
 
 def _sum_part(db, layout: RawLayout, part: _Part, start: np.ndarray | None, out: np.ndarray,
