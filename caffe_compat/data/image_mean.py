@@ -6,11 +6,12 @@ so the result is identical, while streaming over the DB in bounded memory. Encod
 decoded natively (``IMREAD_UNCHANGED``), as Caffe's ``DecodeDatumNative`` does.
 
 When every datum is a raw one laid out like the first, the work is split over forked worker
-processes (one per core) so that the file stays byte-identical to Caffe's: over the first 65,793
-datums, where the sum is exact in integers (see :class:`_PixelSum`), by key range, as integer
-partial sums add up to the same numbers in any order; past that, by pixel range, each worker
-adding every further datum in key order as Caffe does (see :func:`_next_round`). Anything else (encoded or float datums, a size mismatch) goes the sequential
-way, which also gives Caffe's errors.
+processes (one per core) so that the file stays byte-identical to Caffe's: while every sum stays
+an exact integer below 2**24 (65,793 datums from zero, see :class:`_PixelSum`), by key range, as
+integer partial sums add up to the same numbers in any order; past that, by pixel range, each
+worker adding every further datum in key order as Caffe does (see :func:`_next_round`).
+Anything else (encoded or float datums, a size mismatch) goes the sequential way, which also
+gives Caffe's errors.
 """
 
 from __future__ import annotations
