@@ -61,3 +61,25 @@ def test_gpu_flag_parsing():
             distributed.parse_gpus("all")
         with pytest.raises(CaffeCompatError, match="device 0 does not exist"):
             distributed.parse_gpus("0")
+
+
+def test_training_leaves_a_callers_process_group_alone(fixtures, tmp_path, monkeypatch):
+    """A group the caller joined stays the caller's: training neither destroys nor needs it gone."""
+    import socket
+
+    import torch.distributed as dist
+
+    monkeypatch.chdir(lenet_workdir(fixtures, tmp_path))
+    Path("single").mkdir()
+    Path("one.prototxt").write_text(SOLVER.format(net=no_batchnorm(tmp_path, "b16.prototxt", 16), prefix="single/lenet"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        _train_rank("one.prototxt", TrainOptions(weights=["init.caffemodel"], progress=False, workers=0),
+                    CaffeLog(io.StringIO()))
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+    assert not distributed.in_group()

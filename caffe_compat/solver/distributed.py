@@ -93,8 +93,22 @@ def wrap(module: torch.nn.Module, where: Rank) -> torch.nn.Module:
     return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
 
+def in_group() -> bool:
+    """Whether this process has joined a process group already."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op alone): ranks that leave together do not abort each other,
+    as gloo can when one tears its connections down while another still uses them."""
+    if in_group():
+        dist.barrier()
+
+
 def shutdown() -> None:
-    if dist.is_initialized():
+    """Destroy the process group while the interpreter is whole (not at exit, where gloo's
+    threads may still hold tensors and abort the process)."""
+    if in_group():
         dist.destroy_process_group()
 
 

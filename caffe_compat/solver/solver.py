@@ -691,6 +691,7 @@ def train(solver_path: str | os.PathLike[str], options: TrainOptions | None = No
 
 
 def _train_rank(solver_path: str, options: TrainOptions, log: CaffeLog | None = None) -> TrainResult:
+    caller_group = distributed.in_group()  # a group the caller made is the caller's to destroy
     rank = distributed.init_rank(list(options.gpus))
     log = log or CaffeLog(log_file=options.log_file, enabled=rank.is_root)
     try:
@@ -703,6 +704,9 @@ def _train_rank(solver_path: str, options: TrainOptions, log: CaffeLog | None = 
             log.info(OURS, f"Data wait: {100 * result.data_wait_fraction:.1f}% of "
                      f"{result.train_seconds:.2f} s training; {result.images_per_second:.1f} images/s")
         log.info("caffe.cpp:250", "Optimization Done.")
+        distributed.barrier()
         return result
     finally:
         log.close()
+        if not caller_group:
+            distributed.shutdown()  # also under torchrun, where no launcher does it
