@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
-
 from caffe_compat.data.datum import encoded_datum, raw_datum
 from caffe_compat.data.imageio import (
     ImageReadError,
