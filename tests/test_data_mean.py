@@ -236,3 +236,51 @@ def test_raw_layout_agrees_with_the_wire_walk(label, junk, shape) -> None:
     assert first.pixels(memoryview(raw_datum(image, label) + b"\x08\x07")) is None  # channels again
     wrong = raw_datum(np.zeros((shape[0], shape[2], shape[1]), np.uint8), label)
     assert shape[1] == shape[2] or first.pixels(memoryview(wrong)) is None
+
+
+def _encoded_db(path, images: np.ndarray, odd: dict[int, np.ndarray] | None = None):
+    """An LMDB of PNG-encoded datums (HxWxC images); ``odd`` replaces some images."""
+    import cv2
+
+    from caffe_compat.data.datum import encoded_datum
+
+    with build_lmdb(path) as db:
+        for i, image in enumerate(images):
+            ok, png = cv2.imencode(".png", (odd or {}).get(i, image))
+            db.put(f"{i:08d}".encode(), encoded_datum(png.tobytes(), 0))
+    return path
+
+
+def test_encoded_datums_are_decoded_by_the_forked_workers(tmp_path, monkeypatch, caplog) -> None:
+    """Encoded DBs take the parallel path too (decoding is the slow part): Caffe's sums, one
+    "Decoding Datum" line, and the sequential path's bytes."""
+    import logging
+
+    from caffe_compat.data import image_mean
+
+    images = np.random.default_rng(3).integers(0, 256, (300, 6, 5, 3), dtype=np.uint8)
+    db = _encoded_db(tmp_path / "db", images)
+    rounds = []
+    real = image_mean._run_round
+    monkeypatch.setattr(image_mean, "_run_round", lambda *a: rounds.append(a[2]) or real(*a))
+    with caplog.at_level(logging.INFO, logger="caffe_compat.data.image_mean"):
+        got = _mean_bytes(db, True, monkeypatch)
+    assert [len(plan.parts) for plan in rounds] == [2]
+    assert [r.getMessage() for r in caplog.records].count("Decoding Datum") == 1
+    assert got == _mean_bytes(db, False, monkeypatch)
+    result = compute_image_mean(db, progress=False)
+    assert result.encoded and result.mean.shape == (3, 6, 5)
+    expected = images.transpose(0, 3, 1, 2).sum(0, dtype=np.float64).astype(np.float32) / np.float32(300)
+    np.testing.assert_array_equal(result.mean, expected)
+
+
+def test_encoded_size_mismatch_in_a_worker_keeps_caffes_error(tmp_path, monkeypatch, caplog) -> None:
+    import logging
+
+    images = np.zeros((200, 4, 4, 3), np.uint8)
+    db = _encoded_db(tmp_path / "db", images, {170: np.zeros((4, 5, 3), np.uint8)})
+    monkeypatch.setattr("caffe_compat.data.image_mean._cores", lambda: 2)
+    with caplog.at_level(logging.INFO, logger="caffe_compat.data.image_mean"):
+        with pytest.raises(CaffeCompatError, match=r"datum '00000170' has 60 values.*first has 48"):
+            compute_image_mean(db, progress=False)
+    assert [r.getMessage() for r in caplog.records].count("Decoding Datum") == 1

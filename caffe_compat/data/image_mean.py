@@ -5,13 +5,14 @@ count in float32; we do the same float32 operations in the same order (whole arr
 so the result is identical, while streaming over the DB in bounded memory. Encoded datums are
 decoded natively (``IMREAD_UNCHANGED``), as Caffe's ``DecodeDatumNative`` does.
 
-When every datum is a raw one laid out like the first, the work is split over forked worker
-processes (one per core) so that the file stays byte-identical to Caffe's: while every sum stays
+When every datum is a raw one laid out like the first, or an encoded one decoding to the first
+one's size (decoding is then the slow part), the work is split over forked worker processes (one
+per core) so that the file stays byte-identical to Caffe's: while every sum stays
 an exact integer below 2**24 (65,793 datums from zero, see :class:`_PixelSum`), by key range, as
 integer partial sums add up to the same numbers in any order; past that, by pixel range, each
 worker adding every further datum in key order as Caffe does (see :func:`_next_round`).
-Anything else (encoded or float datums, a size mismatch) goes the sequential way, which also
-gives Caffe's errors.
+Anything else (float datums, a mix, a size mismatch) goes the sequential way, which also gives
+Caffe's errors.
 """
 
 from __future__ import annotations
@@ -179,11 +180,14 @@ def compute_image_mean(db: str | os.PathLike[str], progress: bool | None = None)
     if total == 0:
         raise CaffeCompatError(f"{where(db)}: the database is empty")
     layout = _first_layout(db)
+    decoded = isinstance(layout, _DecodedLayout)
+    if decoded:
+        log.info("Decoding Datum")  # Caffe's line when its first datum is encoded
     if layout is not None:
         sums = _parallel_sums(db, layout, total, _cores(), progress)
         if sums is not None:
-            return ImageMean((sums / np.float32(total)).reshape(layout.shape), total, False)
-    return _sequential_mean(db, total, layout, progress)
+            return ImageMean((sums / np.float32(total)).reshape(layout.shape), total, decoded)
+    return _sequential_mean(db, total, None if decoded else layout, progress, announced=decoded)
 
 
 _MIN_DATUMS_PER_WORKER = 64  # below these a fork costs more than it saves
@@ -195,9 +199,37 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _first_layout(db: str | os.PathLike[str]) -> RawLayout | None:
+class _DecodedLayout:
+    """Encoded datums decoded as Caffe's ``DecodeDatumNative`` does, seen flat, for the forked
+    workers: :meth:`flat_pixels` is None (the sequential path then takes over, with Caffe's
+    errors) for anything but an encoded datum decoding to the first one's size."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.size = int(np.prod(shape))
+
+    @classmethod
+    def of(cls, value: memoryview) -> "_DecodedLayout | None":
+        pixels = cls._decode(value)
+        return None if pixels is None else cls(pixels.shape)
+
+    def flat_pixels(self, value: memoryview) -> np.ndarray | None:
+        pixels = self._decode(value)
+        return None if pixels is None or pixels.size != self.size else np.ascontiguousarray(pixels).reshape(-1)
+
+    @staticmethod
+    def _decode(value: memoryview) -> np.ndarray | None:
+        try:
+            datum = parse_datum(bytes(value))
+            return datum_array(datum, IMREAD_UNCHANGED) if datum.encoded else None
+        except Exception:  # noqa: BLE001 - not a datum, or not decodable: the sequential path says which
+            return None
+
+
+def _first_layout(db: str | os.PathLike[str]) -> RawLayout | _DecodedLayout | None:
+    """How the forked workers can read the datums, judged by the first one (None: they cannot)."""
     for _, value in iter_records(db, buffers=True):
-        return RawLayout.of(value)
+        return RawLayout.of(value) or _DecodedLayout.of(value)
     return None
 
 
@@ -205,8 +237,10 @@ def _bar(total: int, progress: bool | None):
     return progress_bar(total=total, unit="datum", shown=progress, desc="compute-image-mean")
 
 
-def _sequential_mean(db, total: int, layout: RawLayout | None, progress: bool | None) -> ImageMean:
-    """Caffe's loop: one datum at a time in key order, any kind of datum."""
+def _sequential_mean(db, total: int, layout: RawLayout | None, progress: bool | None,
+                     announced: bool = False) -> ImageMean:
+    """Caffe's loop: one datum at a time in key order, any kind of datum (``announced``: its
+    "Decoding Datum" line was logged already)."""
     acc: _PixelSum | None = None
     shape: tuple[int, ...] = ()
     count = 0
@@ -221,7 +255,7 @@ def _sequential_mean(db, total: int, layout: RawLayout | None, progress: bool | 
                 shape = pixels.shape
                 acc = _PixelSum(pixels.size)
                 encoded = is_encoded
-                if encoded:
+                if encoded and not announced:
                     log.info("Decoding Datum")
             elif pixels.size != acc.floats.size:
                 raise CaffeCompatError(
@@ -292,7 +326,7 @@ def _keys_from(db, start: bytes | None, offsets: list[int]) -> list[bytes]:
         return [key for index, key in zip(range(offsets[-1] + 1), keys) if index in wanted]
 
 
-def _parallel_sums(db, layout: RawLayout, total: int, cores: int, progress: bool | None) -> np.ndarray | None:
+def _parallel_sums(db, layout: RawLayout | _DecodedLayout, total: int, cores: int, progress: bool | None) -> np.ndarray | None:
     """Caffe's float32 pixel sums over ``db``, in rounds of forked processes (:func:`_next_round`);
     None if any datum does not have ``layout`` (or a worker failed): the caller then takes the
     sequential path."""
@@ -318,7 +352,7 @@ def _parallel_sums(db, layout: RawLayout, total: int, cores: int, progress: bool
     return sums
 
 
-def _run_round(db, layout: RawLayout, plan: _Round, sums: np.ndarray,
+def _run_round(db, layout: RawLayout | _DecodedLayout, plan: _Round, sums: np.ndarray,
                report: Callable[[int], None]) -> np.ndarray | None:
     """The sums after ``plan``: this process sums the first part, one forked child each other.
 
@@ -363,7 +397,7 @@ def _run_round(db, layout: RawLayout, plan: _Round, sums: np.ndarray,
     return total if plan.ordered else np.add(total, sums, out=total)
 
 
-def _sum_part(db, layout: RawLayout, part: _Part, start: np.ndarray | None, out: np.ndarray,
+def _sum_part(db, layout: RawLayout | _DecodedLayout, part: _Part, start: np.ndarray | None, out: np.ndarray,
               tick: Callable[[int], None]) -> bool:
     """Sum ``part`` (going on from ``start``) into ``out[part.lo:part.hi]``; False on any datum
     that does not have ``layout`` or if the DB ends early."""
