@@ -284,3 +284,17 @@ def test_encoded_size_mismatch_in_a_worker_keeps_caffes_error(tmp_path, monkeypa
         with pytest.raises(CaffeCompatError, match=r"datum '00000170' has 60 values.*first has 48"):
             compute_image_mean(db, progress=False)
     assert [r.getMessage() for r in caplog.records].count("Decoding Datum") == 1
+
+
+def test_ordered_rounds_split_pixels_only_when_reading_is_cheap(tmp_path, monkeypatch) -> None:
+    """Past 2**24 every worker reads every datum: fine for raw views, a repeat of the whole
+    decoding for encoded datums, so those get one worker."""
+    from caffe_compat.data import image_mean
+
+    db = _raw_db(tmp_path / "db", np.zeros((10, 2, 8, 8), np.uint8), [0] * 10)
+    monkeypatch.setattr(image_mean, "_MIN_PIXELS_PER_WORKER", 64)
+    raw = image_mean._next_round(db, b"00000004", 6, 128, 2, 0)
+    decoded = image_mean._next_round(db, b"00000004", 6, 128, 2, 0, decodes=True)
+    assert [(p.start, p.count, p.lo, p.hi) for p in raw.parts] == [(b"00000004", 6, 0, 64), (b"00000004", 6, 64, 128)]
+    assert [(p.start, p.count, p.lo, p.hi) for p in decoded.parts] == [(b"00000004", 6, 0, 128)]
+    assert raw.ordered and decoded.ordered and raw.after is None

@@ -295,9 +295,11 @@ class _Round:
     after: bytes | None  # the key the next round starts from
 
 
-def _next_round(db, start: bytes | None, remaining: int, size: int, cores: int, room: int) -> _Round:
+def _next_round(db, start: bytes | None, remaining: int, size: int, cores: int, room: int,
+                decodes: bool = False) -> _Round:
     """The round for the next ``remaining`` datums from key ``start`` (None: the first), given
-    the headroom (:func:`_room`) of the sums so far; how to split them without changing a bit."""
+    the headroom (:func:`_room`) of the sums so far; how to split them without changing a bit.
+    ``decodes``: reading a datum means decoding it, which a pixel split would repeat per worker."""
     if room >= min(remaining, _MIN_DATUMS_PER_ROUND):  # every partial sum stays an exact integer
         count = min(room, remaining)
         workers = max(1, min(cores, count // _MIN_DATUMS_PER_WORKER))
@@ -306,7 +308,7 @@ def _next_round(db, start: bytes | None, remaining: int, size: int, cores: int, 
         counts = [b - a for a, b in itertools.pairwise([*firsts, count])]
         parts = [_Part(key, n, 0, size) for key, n in zip(keys, counts)] if len(keys) >= workers else []
         return _Round(parts, False, count, keys[-1] if len(keys) > workers else None)
-    workers = max(1, min(cores, size // _MIN_PIXELS_PER_WORKER))
+    workers = 1 if decodes else max(1, min(cores, size // _MIN_PIXELS_PER_WORKER))
     bounds = [size * i // workers & ~63 for i in range(workers)] + [size]  # cache-line aligned
     parts = [_Part(key, remaining, lo, hi) for key in _keys_from(db, start, [0])
              for lo, hi in itertools.pairwise(bounds)]
@@ -335,7 +337,8 @@ def _parallel_sums(db, layout: RawLayout | _DecodedLayout, total: int, cores: in
     start: bytes | None = None
     with _bar(total, progress) as bar:
         while done < total:
-            plan = _next_round(db, start, total - done, layout.size, cores, _room(sums))
+            plan = _next_round(db, start, total - done, layout.size, cores, _room(sums),
+                               isinstance(layout, _DecodedLayout))
             if not plan.parts:  # the DB has fewer records than it said
                 return None
 
