@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -298,3 +299,19 @@ def test_ordered_rounds_split_pixels_only_when_reading_is_cheap(tmp_path, monkey
     assert [(p.start, p.count, p.lo, p.hi) for p in raw.parts] == [(b"00000004", 6, 0, 64), (b"00000004", 6, 64, 128)]
     assert [(p.start, p.count, p.lo, p.hi) for p in decoded.parts] == [(b"00000004", 6, 0, 128)]
     assert raw.ordered and decoded.ordered and raw.after is None
+
+
+def test_one_lmdb_handle_per_run(tmp_path, monkeypatch) -> None:
+    """compute_image_mean opens the DB once in this process: a handle dropped mid-run would be
+    closed by a finalizer, where Python ignores a Ctrl-C (it then ran to the end, exit 0)."""
+    import lmdb
+
+    from caffe_compat.data import lmdb_dataset
+
+    db = _raw_db(tmp_path / "db", np.zeros((300, 1, 4, 4), np.uint8), [0] * 300)
+    opened = []
+    real = lmdb.open
+    monkeypatch.setattr(lmdb_dataset.lmdb, "open", lambda *a, **k: opened.append(os.getpid()) or real(*a, **k))
+    monkeypatch.setattr("caffe_compat.data.image_mean._cores", lambda: 2)
+    compute_image_mean(db, progress=False)
+    assert opened.count(os.getpid()) == 1

@@ -176,6 +176,9 @@ def _pixels(db, key: memoryview, value: memoryview) -> tuple[np.ndarray, bool]:
 
 def compute_image_mean(db: str | os.PathLike[str], progress: bool | None = None) -> ImageMean:
     """Mean over every datum of ``db``; each must have the first datum's size (Caffe's check)."""
+    # One handle for the whole run: the helpers below would otherwise open and drop their own,
+    # and Python ignores a Ctrl-C that lands in the finalizer closing a dropped one.
+    handle = open_readonly(db)  # held until the mean is done
     total = count_records(db)
     if total == 0:
         raise CaffeCompatError(f"{where(db)}: the database is empty")
