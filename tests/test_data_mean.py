@@ -120,7 +120,9 @@ def _mean_bytes(db, parallel: bool, monkeypatch) -> bytes:
     if parallel:
         monkeypatch.setattr(image_mean, "_cores", lambda: 2)
         return compute_image_mean(db, progress=False).to_blobproto()
-    return image_mean._sequential_mean(db, image_mean.count_records(db), None, False).to_blobproto()
+    from caffe_compat.data.lmdb_dataset import count_records
+
+    return image_mean._sequential_mean(db, count_records(db), None, False).to_blobproto()
 
 
 @settings(max_examples=8, deadline=None)

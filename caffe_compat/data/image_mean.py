@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from caffe_compat.data.datum import IMREAD_UNCHANGED, RawLayout, datum_array, parse_datum, raw_datum_view
-from caffe_compat.data.lmdb_dataset import count_records, iter_records, open_readonly
+from caffe_compat.data.lmdb_dataset import iter_records, open_readonly
 from caffe_compat.errors import CaffeCompatError, where
 from caffe_compat.io.atomic import atomic_write_bytes
 from caffe_compat.io.blob import array_to_blob
@@ -178,8 +178,8 @@ def compute_image_mean(db: str | os.PathLike[str], progress: bool | None = None)
     """Mean over every datum of ``db``; each must have the first datum's size (Caffe's check)."""
     # One handle for the whole run: the helpers below would otherwise open and drop their own,
     # and Python ignores a Ctrl-C that lands in the finalizer closing a dropped one.
-    handle = open_readonly(db)  # held until the mean is done
-    total = count_records(db)
+    handle = open_readonly(db)
+    total = handle.env.stat()["entries"]
     if total == 0:
         raise CaffeCompatError(f"{where(db)}: the database is empty")
     layout = _first_layout(db)
