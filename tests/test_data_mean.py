@@ -317,3 +317,36 @@ def test_one_lmdb_handle_per_run(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("caffe_compat.data.image_mean._cores", lambda: 2)
     compute_image_mean(db, progress=False)
     assert opened.count(os.getpid()) == 1
+
+
+def _bright_db(path):
+    """The LMDB behind tests/local_caffe/mean_past_2_24.binaryproto (see its README)."""
+    from caffe_compat.data.datum import raw_datum
+
+    images = np.random.default_rng(2024).integers(240, 256, (70_000, 1, 2, 2), dtype=np.uint8)
+    with build_lmdb(path) as db:
+        for i, image in enumerate(images):
+            db.put(f"{i:08d}".encode(), raw_datum(image, 0))
+    return path, images
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_mean_past_2_24_equals_real_caffes(tmp_path, monkeypatch, workers) -> None:
+    """Real Caffe's file where its float32 sums round (made with a local Caffe build)."""
+    from pathlib import Path
+
+    from caffe_compat.data import image_mean
+
+    reference = (Path(__file__).parent / "local_caffe" / "mean_past_2_24.binaryproto").read_bytes()
+    db, images = _bright_db(tmp_path / "db")
+    monkeypatch.setattr(image_mean, "_cores", lambda: workers)
+    monkeypatch.setattr(image_mean, "_MIN_PIXELS_PER_WORKER", 2)  # the ordered round split in two too
+    rounds = []
+    real = image_mean._run_round
+    monkeypatch.setattr(image_mean, "_run_round", lambda *a: rounds.append(a[2]) or real(*a))
+    result = compute_image_mean(db, progress=False)
+    assert [(r.ordered, [(p.lo, p.hi) for p in r.parts]) for r in rounds][-1] == (
+        (True, [(0, 4)]) if workers == 1 else (True, [(0, 2), (2, 4)]))
+    assert result.to_blobproto() == reference
+    exact = (images.sum(0, dtype=np.float64) / 70_000).astype(np.float32)
+    assert not np.array_equal(result.mean, exact)  # the rounding this pins down did happen

@@ -312,7 +312,8 @@ def _next_round(db, start: bytes | None, remaining: int, size: int, cores: int, 
         parts = [_Part(key, n, 0, size) for key, n in zip(keys, counts)] if len(keys) >= workers else []
         return _Round(parts, False, count, keys[-1] if len(keys) > workers else None)
     workers = 1 if decodes else max(1, min(cores, size // _MIN_PIXELS_PER_WORKER))
-    bounds = [size * i // workers & ~63 for i in range(workers)] + [size]  # cache-line aligned
+    align = 64 if size // workers >= 64 else 1  # cache lines apart, unless the slices are tiny
+    bounds = [size * i // workers // align * align for i in range(workers)] + [size]
     parts = [_Part(key, remaining, lo, hi) for key in _keys_from(db, start, [0])
              for lo, hi in itertools.pairwise(bounds)]
     return _Round(parts, True, remaining, None)
