@@ -81,14 +81,15 @@ def bench_convert(root: Path, listing: Path, jobs: int) -> tuple[Path, int, Time
     return db, summary.written, t
 
 
-def bench_reader(db: Path, batches_per_run: int, num_workers: int) -> tuple[int, Timer]:
+def bench_reader(db: Path, batches_per_run: int, num_workers: int, raw: bool = False) -> tuple[int, Timer]:
+    """``raw``: uncropped uint8 batches, as training on a GPU reads them (the GPU transforms)."""
     param = caffe_pb2.TransformationParameter(crop_size=224, mirror=True, mean_value=[104, 117, 123])
-    batches = CaffeBatches(LMDBDataset(db), DataTransformer(param, TRAIN), 64)
+    batches = CaffeBatches(LMDBDataset(db), DataTransformer(param, TRAIN), 64, raw=raw)
     loader = batch_loader(batches, num_workers=num_workers, stop=batches_per_run + 2)
     it = iter(loader)
     next(it), next(it)  # warm-up (worker start, page cache)
     with Timer() as t:
-        n = sum(data.shape[0] for data, _ in it)
+        n = sum(item[0].shape[0] for item in it)
     return n, t
 
 
@@ -123,6 +124,9 @@ def main() -> None:
           f"{n / t.cpu:8.1f} img/s per CPU-second")
     n, t = bench_reader(db, batches, cores)
     print(f"reader+transform with {cores} DataLoader workers: {n / t.wall:8.1f} img/s wall")
+    for workers in (0, cores):
+        n, t = bench_reader(db, batches, workers, raw=True)
+        print(f"reader, uint8 batches for a GPU transform, {workers} DataLoader workers: {n / t.wall:8.1f} img/s wall")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 if __name__ == "__main__":
