@@ -296,8 +296,8 @@ def test_ordered_rounds_split_pixels_only_when_reading_is_cheap(tmp_path, monkey
 
     db = _raw_db(tmp_path / "db", np.zeros((10, 2, 8, 8), np.uint8), [0] * 10)
     monkeypatch.setattr(image_mean, "_MIN_PIXELS_PER_WORKER", 64)
-    raw = image_mean._next_round(db, b"00000004", 6, 128, 2, 0)
-    decoded = image_mean._next_round(db, b"00000004", 6, 128, 2, 0, decodes=True)
+    raw = image_mean._next_round(db, b"00000004", 6, 10, 128, 2, 0)
+    decoded = image_mean._next_round(db, b"00000004", 6, 10, 128, 2, 0, decodes=True)
     assert [(p.start, p.count, p.lo, p.hi) for p in raw.parts] == [(b"00000004", 6, 0, 64), (b"00000004", 6, 64, 128)]
     assert [(p.start, p.count, p.lo, p.hi) for p in decoded.parts] == [(b"00000004", 6, 0, 128)]
     assert raw.ordered and decoded.ordered and raw.after is None
@@ -350,3 +350,35 @@ def test_mean_past_2_24_equals_real_caffes(tmp_path, monkeypatch, workers) -> No
     assert result.to_blobproto() == reference
     exact = (images.sum(0, dtype=np.float64) / 70_000).astype(np.float32)
     assert not np.array_equal(result.mean, exact)  # the rounding this pins down did happen
+
+
+def test_a_round_that_ends_the_db_reads_its_last_part_from_the_end(tmp_path, monkeypatch) -> None:
+    """No key scan to find where the last part begins (it would fault in every datum's first
+    page): that part goes backwards from the last key; 3 workers scan up to the second only."""
+    from caffe_compat.data import image_mean
+
+    images = np.random.default_rng(5).integers(0, 256, (300, 1, 3, 3), dtype=np.uint8)
+    db = _raw_db(tmp_path / "db", images, [0] * 300)
+    scanned = []
+    real_keys = image_mean._keys_from
+    monkeypatch.setattr(image_mean, "_keys_from", lambda *a: scanned.append(a[2]) or real_keys(*a))
+    plan = image_mean._next_round(db, None, 300, 300, 9, 3, 10**6)
+    assert scanned == [[0, 100]]
+    assert [(p.start, p.count) for p in plan.parts] == [(b"00000000", 100), (b"00000100", 100), (None, 100)]
+    assert plan.after is None and not plan.ordered
+    monkeypatch.setattr(image_mean, "_cores", lambda: 3)
+    expected = images.astype(np.float64).sum(0).astype(np.float32) / np.float32(300)
+    np.testing.assert_array_equal(compute_image_mean(db, progress=False).mean, expected)
+
+
+def test_workers_refuse_a_db_whose_record_count_changed(tmp_path) -> None:
+    """Parts read from both ends tile the DB only if it still has the planned record count."""
+    from caffe_compat.data import image_mean
+
+    db = _raw_db(tmp_path / "db", np.ones((10, 1, 2, 2), np.uint8), [0] * 10)
+    layout = image_mean._first_layout(db)
+    out = np.zeros(4, np.float32)
+    last = image_mean._Part(None, 5, 0, 4)
+    assert image_mean._sum_part(db, layout, 10, last, None, out, lambda n: None)
+    np.testing.assert_array_equal(out, np.full(4, 5, np.float32))
+    assert not image_mean._sum_part(db, layout, 11, last, None, out, lambda n: None)

@@ -275,9 +275,14 @@ def _sequential_mean(db, total: int, layout: RawLayout | None, progress: bool | 
 
 @dataclass(frozen=True)
 class _Part:
-    """One process's share of a round: ``count`` datums from key ``start``, pixels [lo, hi)."""
+    """One process's share of a round: ``count`` datums from key ``start``, pixels [lo, hi).
 
-    start: bytes
+    ``start`` None: the DB's last ``count`` datums, read backwards from its last key, so that
+    no key scan is needed to find where they begin (on a fresh mapping a scan costs a page fault
+    per datum, as LMDB touches each value's first page).
+    """
+
+    start: bytes | None
     count: int
     lo: int
     hi: int
@@ -296,27 +301,34 @@ class _Round:
     ordered: bool
     count: int  # datums the round covers
     after: bytes | None  # the key the next round starts from
+    entries: int  # the DB's record count the plan was made for; workers check their snapshot has it
 
 
-def _next_round(db, start: bytes | None, remaining: int, size: int, cores: int, room: int,
+def _next_round(db, start: bytes | None, remaining: int, entries: int, size: int, cores: int, room: int,
                 decodes: bool = False) -> _Round:
-    """The round for the next ``remaining`` datums from key ``start`` (None: the first), given
-    the headroom (:func:`_room`) of the sums so far; how to split them without changing a bit.
-    ``decodes``: reading a datum means decoding it, which a pixel split would repeat per worker."""
+    """The round for the last ``remaining`` of the DB's ``entries`` datums, from key ``start``
+    (None: the first), given the headroom (:func:`_room`) of the sums so far; how to split them
+    without changing a bit. ``decodes``: reading a datum means decoding it, which a pixel split
+    would repeat per worker."""
     if room >= min(remaining, _MIN_DATUMS_PER_ROUND):  # every partial sum stays an exact integer
         count = min(room, remaining)
         workers = max(1, min(cores, count // _MIN_DATUMS_PER_WORKER))
         firsts = [count * i // workers for i in range(workers)]
-        keys = _keys_from(db, start, [*firsts, count])
         counts = [b - a for a, b in itertools.pairwise([*firsts, count])]
+        if workers > 1 and count == remaining:  # the last part ends the DB: read it from the end
+            keys = [*_keys_from(db, start, firsts[:-1]), None]
+            after = None
+        else:
+            keys = _keys_from(db, start, [*firsts, count])
+            after = keys[workers] if len(keys) > workers else None
         parts = [_Part(key, n, 0, size) for key, n in zip(keys, counts)] if len(keys) >= workers else []
-        return _Round(parts, False, count, keys[-1] if len(keys) > workers else None)
+        return _Round(parts, False, count, after, entries)
     workers = 1 if decodes else max(1, min(cores, size // _MIN_PIXELS_PER_WORKER))
     align = 64 if size // workers >= 64 else 1  # cache lines apart, unless the slices are tiny
     bounds = [size * i // workers // align * align for i in range(workers)] + [size]
     parts = [_Part(key, remaining, lo, hi) for key in _keys_from(db, start, [0])
              for lo, hi in itertools.pairwise(bounds)]
-    return _Round(parts, True, remaining, None)
+    return _Round(parts, True, remaining, None, entries)
 
 
 def _keys_from(db, start: bytes | None, offsets: list[int]) -> list[bytes]:
@@ -341,7 +353,7 @@ def _parallel_sums(db, layout: RawLayout | _DecodedLayout, total: int, cores: in
     start: bytes | None = None
     with _bar(total, progress) as bar:
         while done < total:
-            plan = _next_round(db, start, total - done, layout.size, cores, _room(sums),
+            plan = _next_round(db, start, total - done, total, layout.size, cores, _room(sums),
                                isinstance(layout, _DecodedLayout))
             if not plan.parts:  # the DB has fewer records than it said
                 return None
@@ -379,7 +391,7 @@ def _run_round(db, layout: RawLayout | _DecodedLayout, plan: _Round, sums: np.nd
         if pid == 0:  # child: only sums (all its code is imported already); never returns to the caller
             status = 1
             try:
-                status = 0 if _sum_part(db, layout, parts[index], start, rows[index],
+                status = 0 if _sum_part(db, layout, plan.entries, parts[index], start, rows[index],
                                         lambda n, index=index: done.__setitem__(index, n)) else 1
             finally:
                 os._exit(status)
@@ -390,7 +402,7 @@ def _run_round(db, layout: RawLayout | _DecodedLayout, plan: _Round, sums: np.nd
             done[0] = n
             report(int(done.sum()) // per_datum)
 
-        ok = _sum_part(db, layout, parts[0], start, rows[0], tick)
+        ok = _sum_part(db, layout, plan.entries, parts[0], start, rows[0], tick)
     finally:
         for pid in children:  # reap them whatever happened here; stop them if their sums are moot
             if not ok:
@@ -404,19 +416,27 @@ def _run_round(db, layout: RawLayout | _DecodedLayout, plan: _Round, sums: np.nd
     return total if plan.ordered else np.add(total, sums, out=total)
 
 
-def _sum_part(db, layout: RawLayout | _DecodedLayout, part: _Part, start: np.ndarray | None, out: np.ndarray,
-              tick: Callable[[int], None]) -> bool:
+def _sum_part(db, layout: RawLayout | _DecodedLayout, entries: int, part: _Part, start: np.ndarray | None,
+              out: np.ndarray, tick: Callable[[int], None]) -> bool:
     """Sum ``part`` (going on from ``start``) into ``out[part.lo:part.hi]``; False on any datum
-    that does not have ``layout`` or if the DB ends early."""
+    that does not have ``layout``, or if the DB no longer has ``entries`` records (the parts
+    would then not tile it)."""
     acc = _PixelSum(part.hi - part.lo, None if start is None else start[part.lo : part.hi])
     whole = part.lo == 0 and part.hi == layout.size
     n = 0
     shared = open_readonly(db)
     with shared.env.begin(buffers=True) as txn:
-        cursor = txn.cursor()
-        if not cursor.set_key(part.start):
+        if txn.stat(shared.env.open_db())["entries"] != entries:
             return False
-        for value in itertools.islice(cursor.iternext(keys=False, values=True), part.count):
+        cursor = txn.cursor()
+        if part.start is None:
+            cursor.last()
+            values = cursor.iterprev(keys=False, values=True)
+        elif cursor.set_key(part.start):
+            values = cursor.iternext(keys=False, values=True)
+        else:
+            return False
+        for value in itertools.islice(values, part.count):
             pixels = layout.flat_pixels(value)
             if pixels is None:
                 return False
