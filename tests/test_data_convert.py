@@ -231,6 +231,41 @@ def test_cli_caffe_flags_and_summary(in_fixtures, tmp_path) -> None:
     assert records(out) == records(in_fixtures / "lmdb" / "train_gray24x20_lmdb")
 
 
+@pytest.mark.parametrize("name", [*sorted(RUNS), "train_checksize"])
+def test_cli_info_lines_are_caffes(fixtures, tmp_path, monkeypatch, name) -> None:
+    """Caffe's INFO lines, in its order, from the same directory layout (our warnings about
+    skipped lines are ours: they name the list line)."""
+    list_file, flags = RUNS.get(name, ("images/train.txt", dict(check_size=True)))
+    (tmp_path / "images").symlink_to(fixtures / "images")
+    (tmp_path / "lmdb").mkdir()
+    monkeypatch.chdir(tmp_path)
+    args = [f"--{k}" if v is True else f"--{k}={v}" for k, v in flags.items()]
+    ours = CliRunner().invoke(main, ["convert-imageset", *args, "images/", list_file, f"lmdb/{name}_lmdb"])
+
+    def info(log: str) -> list[str]:
+        return [line.split("] ", 1)[1] for line in log.splitlines() if line[:1] == "I" and "] " in line]
+
+    assert info(ours.output) == info((fixtures / "lmdb" / f"{name}.log").read_text())
+    assert ours.exit_code == (1 if name == "train_checksize" else 0)
+
+
+def test_processed_lines_every_1000_written_as_caffe(tmp_path, caplog) -> None:
+    """Caffe logs "Processed N files." per 1000 datums written (skipped lines do not count) and
+    for the rest; with a bar on, only the last."""
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((2, 2, 3), np.uint8))
+    (tmp_path / "list.txt").write_text("a.png 0\n" * 2001 + "missing.png 1\n" * 3)
+    for shown, expected in [(False, [1000, 2000, 2001]), (True, [2001])]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="caffe_compat"):
+            convert_imageset(f"{tmp_path}/", tmp_path / "list.txt", tmp_path / f"db{shown}",
+                             ConvertOptions(progress=shown, jobs=2))
+        processed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Processed")]
+        assert processed == [f"Processed {n} files." for n in expected]
+
+
 def test_cli_bad_inputs_exit_nonzero_with_location(in_fixtures, tmp_path) -> None:
     runner = CliRunner()
     empty = tmp_path / "empty.txt"

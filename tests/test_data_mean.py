@@ -31,6 +31,43 @@ def test_mean_equals_caffe(fixtures, name) -> None:
     assert result.encoded == (name == "train_encpng28")
 
 
+def _messages(log: str) -> list[str]:
+    """glog lines without their prefix (time, thread, file:line)."""
+    return [line.split("] ", 1)[1] for line in log.splitlines() if re.match(r"[IWEF]\d{4}", line)]
+
+
+@pytest.mark.parametrize("name", [*MEANS, "train_encoded"])
+def test_cli_logs_caffes_lines(fixtures, tmp_path, monkeypatch, name) -> None:
+    """The same log lines as Caffe's run that made the fixture (from the same directory), up to
+    the failure for the DB Caffe rejects (its CHECK message is ours in other words)."""
+    (tmp_path / "lmdb").symlink_to(fixtures / "lmdb")
+    (tmp_path / "mean").mkdir()
+    monkeypatch.chdir(tmp_path)
+    caffe = (fixtures / "mean" / f"{name}_mean{'_FAIL' if name == 'train_encoded' else ''}.log").read_text()
+    ours = CliRunner().invoke(main, ["compute-image-mean", f"lmdb/{name}_lmdb", f"mean/{name}_mean.binaryproto"])
+    expected = [m for m in _messages(caffe) if not m.startswith("Check failed")]
+    assert _messages(ours.output) == expected
+    assert ours.exit_code == (1 if name == "train_encoded" else 0)
+
+
+def test_processed_lines_every_10000_datums_as_caffe(tmp_path, monkeypatch, caplog) -> None:
+    """Caffe logs "Processed N files." at each 10,000 datums and for the rest; a bar replaces
+    the periodic lines (they would break it), the last one stays. Forked workers report out of
+    order: each line still comes once."""
+    import logging
+
+    from caffe_compat.data import image_mean
+
+    db = _raw_db(tmp_path / "db", np.zeros((20001, 1, 1, 2), np.uint8), [0] * 20001)
+    monkeypatch.setattr(image_mean, "_cores", lambda: 2)
+    for shown, expected in [(False, [10000, 20000, 20001]), (True, [20001])]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="caffe_compat.data.image_mean"):
+            compute_image_mean(db, progress=shown)
+        processed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Processed")]
+        assert processed == [f"Processed {n} files." for n in expected]
+
+
 def test_encoded_mixed_channels_fails_with_key(fixtures) -> None:
     # Caffe dies here too: the grey PNG decodes natively to 1 channel (1024 vs. 1683).
     with pytest.raises(CaffeCompatError, match=r"00000001_b/grey_013.png' has 1024 values.*first has 1683"):
@@ -121,8 +158,10 @@ def _mean_bytes(db, parallel: bool, monkeypatch) -> bytes:
         monkeypatch.setattr(image_mean, "_cores", lambda: 2)
         return compute_image_mean(db, progress=False).to_blobproto()
     from caffe_compat.data.lmdb_dataset import count_records
+    from caffe_compat.progress import CaffeCountLog
 
-    return image_mean._sequential_mean(db, count_records(db), None, False).to_blobproto()
+    lines = CaffeCountLog(10000, lambda n: None)
+    return image_mean._sequential_mean(db, count_records(db), None, False, lines).to_blobproto()
 
 
 @settings(max_examples=8, deadline=None)
@@ -376,7 +415,7 @@ def test_workers_refuse_a_db_whose_record_count_changed(tmp_path) -> None:
     from caffe_compat.data import image_mean
 
     db = _raw_db(tmp_path / "db", np.ones((10, 1, 2, 2), np.uint8), [0] * 10)
-    layout = image_mean._first_layout(db)
+    layout, _ = image_mean._first_layout(db)
     out = np.zeros(4, np.float32)
     last = image_mean._Part(None, 5, 0, 4)
     assert image_mean._sum_part(db, layout, 10, last, None, out, lambda n: None)

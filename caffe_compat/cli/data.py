@@ -82,7 +82,6 @@ def compute_image_mean_cmd(input_db: str, output_file: str | None, backend: str,
         raise CaffeCompatError(f"--backend {backend}: not supported, only lmdb is (LevelDB is not)")
     log = logging.getLogger("caffe_compat.data")
     result = compute_image_mean(input_db, progress)
-    log.info(f"Processed {result.count} files.")
     if output_file:
         log.info(f"Write to {output_file}")
         write_image_mean(result, output_file)

@@ -28,7 +28,7 @@ from caffe_compat.data.imageio import (
 from caffe_compat.data.listfile import ImageList, ListEntry, read_list, show
 from caffe_compat.data.lmdb_writer import build_lmdb, check_target
 from caffe_compat.errors import CaffeCompatError, where
-from caffe_compat.progress import progress_bar
+from caffe_compat.progress import CaffeCountLog, bar_shown, progress_bar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -187,9 +187,12 @@ def convert_imageset(root_folder: str, list_file: str | os.PathLike[str], db_nam
     summary = ConvertSummary(target, len(entries))
     jobs = options.jobs or usable_cores()
     data_size: int | None = None
+    shown = bar_shown(options.progress)
+    lines = CaffeCountLog(1000, lambda n: log.info(f"Processed {n} files."), periodic=not shown)
     with build_lmdb(target, options.overwrite) as db, progress_bar(
-        total=len(entries), unit="img", shown=options.progress, desc="convert-imageset"
+        total=len(entries), unit="img", shown=shown, desc="convert-imageset"
     ) as bar:
+        log.info(f"Opened lmdb {os.fspath(db_name)}")
         for key_index, (entry, outcome) in enumerate(zip(entries, ordered_map(job, entries, jobs))):
             bar.update()
             loc = listing.where(entry)
@@ -214,11 +217,12 @@ def convert_imageset(root_folder: str, list_file: str | os.PathLike[str], db_nam
                     )
             db.put(b"%08d_" % key_index + entry.name, outcome.value)
             summary.written += 1
+            lines.reach(summary.written)
         if not summary.written:
             raise CaffeCompatError(
                 f"{where(list_file)}: none of the {summary.lines} images could be converted "
                 f"({summary.skipped_text()}); nothing written"
             )
-    log.info(f"Processed {summary.written} files.")
+    lines.finish(summary.written)
     return summary
 

@@ -32,7 +32,7 @@ from caffe_compat.data.lmdb_dataset import iter_records, open_readonly
 from caffe_compat.errors import CaffeCompatError, where
 from caffe_compat.io.atomic import atomic_write_bytes
 from caffe_compat.io.blob import array_to_blob
-from caffe_compat.progress import progress_bar
+from caffe_compat.progress import CaffeCountLog, bar_shown, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -179,18 +179,25 @@ def compute_image_mean(db: str | os.PathLike[str], progress: bool | None = None)
     # One handle for the whole run: the helpers below would otherwise open and drop their own,
     # and Python ignores a Ctrl-C that lands in the finalizer closing a dropped one.
     handle = open_readonly(db)
+    log.info(f"Opened lmdb {db}")  # Caffe's log lines, in its order
     total = handle.env.stat()["entries"]
     if total == 0:
         raise CaffeCompatError(f"{where(db)}: the database is empty")
-    layout = _first_layout(db)
-    decoded = isinstance(layout, _DecodedLayout)
-    if decoded:
-        log.info("Decoding Datum")  # Caffe's line when its first datum is encoded
+    layout, encoded = _first_layout(db)
+    if encoded:
+        log.info("Decoding Datum")
+    log.info("Starting iteration")
+    shown = bar_shown(progress)
+    lines = CaffeCountLog(10000, lambda n: log.info(f"Processed {n} files."), periodic=not shown)
+    result = None
     if layout is not None:
-        sums = _parallel_sums(db, layout, total, _cores(), progress)
+        sums = _parallel_sums(db, layout, total, _cores(), shown, lines)
         if sums is not None:
-            return ImageMean((sums / np.float32(total)).reshape(layout.shape), total, decoded)
-    return _sequential_mean(db, total, None if decoded else layout, progress, announced=decoded)
+            result = ImageMean((sums / np.float32(total)).reshape(layout.shape), total, encoded)
+    if result is None:
+        result = _sequential_mean(db, total, None if encoded else layout, shown, lines)
+    lines.finish(result.count)
+    return result
 
 
 _MIN_DATUMS_PER_WORKER = 64  # below these a fork costs more than it saves
@@ -229,26 +236,33 @@ class _DecodedLayout:
             return None
 
 
-def _first_layout(db: str | os.PathLike[str]) -> RawLayout | _DecodedLayout | None:
-    """How the forked workers can read the datums, judged by the first one (None: they cannot)."""
+def _first_layout(db: str | os.PathLike[str]) -> tuple[RawLayout | _DecodedLayout | None, bool]:
+    """How the forked workers can read the datums, judged by the first one (None: they cannot),
+    and whether that one is encoded (Caffe then decodes every datum, and says so)."""
     for _, value in iter_records(db, buffers=True):
-        return RawLayout.of(value) or _DecodedLayout.of(value)
-    return None
+        layout = RawLayout.of(value) or _DecodedLayout.of(value)
+        return layout, isinstance(layout, _DecodedLayout) or (layout is None and _is_encoded(value))
+    return None, False
 
 
-def _bar(total: int, progress: bool | None):
-    return progress_bar(total=total, unit="datum", shown=progress, desc="compute-image-mean")
+def _is_encoded(value: memoryview) -> bool:
+    try:
+        return parse_datum(bytes(value)).encoded
+    except Exception:  # noqa: BLE001 - not a datum: the sequential path says so
+        return False
 
 
-def _sequential_mean(db, total: int, layout: RawLayout | None, progress: bool | None,
-                     announced: bool = False) -> ImageMean:
-    """Caffe's loop: one datum at a time in key order, any kind of datum (``announced``: its
-    "Decoding Datum" line was logged already)."""
+def _bar(total: int, shown: bool):
+    return progress_bar(total=total, unit="datum", shown=shown, desc="compute-image-mean")
+
+
+def _sequential_mean(db, total: int, layout: RawLayout | None, shown: bool, lines: CaffeCountLog) -> ImageMean:
+    """Caffe's loop: one datum at a time in key order, any kind of datum."""
     acc: _PixelSum | None = None
     shape: tuple[int, ...] = ()
     count = 0
     encoded = False
-    with _bar(total, progress) as bar:
+    with _bar(total, shown) as bar:
         for key, value in iter_records(db, buffers=True):
             pixels = layout.pixels(value) if layout is not None else None
             is_encoded = False
@@ -258,8 +272,6 @@ def _sequential_mean(db, total: int, layout: RawLayout | None, progress: bool | 
                 shape = pixels.shape
                 acc = _PixelSum(pixels.size)
                 encoded = is_encoded
-                if encoded and not announced:
-                    log.info("Decoding Datum")
             elif pixels.size != acc.floats.size:
                 raise CaffeCompatError(
                     f"{where(db)}: datum '{_show(bytes(key))}' has {pixels.size} values "
@@ -269,6 +281,7 @@ def _sequential_mean(db, total: int, layout: RawLayout | None, progress: bool | 
             count += 1
             if count & 63 == 0:
                 bar.update(count - bar.n)
+                lines.reach(count)
         bar.update(count - bar.n)
     return ImageMean((acc.sums() / np.float32(count)).reshape(shape), count, encoded)
 
@@ -344,14 +357,15 @@ def _keys_from(db, start: bytes | None, offsets: list[int]) -> list[bytes]:
         return [key for index, key in zip(range(offsets[-1] + 1), keys) if index in wanted]
 
 
-def _parallel_sums(db, layout: RawLayout | _DecodedLayout, total: int, cores: int, progress: bool | None) -> np.ndarray | None:
+def _parallel_sums(db, layout: RawLayout | _DecodedLayout, total: int, cores: int, shown: bool,
+                   lines: CaffeCountLog) -> np.ndarray | None:
     """Caffe's float32 pixel sums over ``db``, in rounds of forked processes (:func:`_next_round`);
     None if any datum does not have ``layout`` (or a worker failed): the caller then takes the
     sequential path."""
     sums = np.zeros(layout.size, np.float32)
     done = 0
     start: bytes | None = None
-    with _bar(total, progress) as bar:
+    with _bar(total, shown) as bar:
         while done < total:
             plan = _next_round(db, start, total - done, total, layout.size, cores, _room(sums),
                                isinstance(layout, _DecodedLayout))
@@ -360,6 +374,7 @@ def _parallel_sums(db, layout: RawLayout | _DecodedLayout, total: int, cores: in
 
             def report(n: int, before: int = done) -> None:
                 bar.update(before + n - bar.n)
+                lines.reach(bar.n)
 
             sums = _run_round(db, layout, plan, sums, report)
             if sums is None:
