@@ -403,7 +403,8 @@ def test_a_round_that_ends_the_db_reads_its_last_part_from_the_end(tmp_path, mon
     monkeypatch.setattr(image_mean, "_keys_from", lambda *a: scanned.append(a[2]) or real_keys(*a))
     plan = image_mean._next_round(db, None, 300, 300, 9, 3, 10**6)
     assert scanned == [[0, 100]]
-    assert [(p.start, p.count) for p in plan.parts] == [(b"00000000", 100), (b"00000100", 100), (None, 100)]
+    assert [(p.start, p.count, p.chunk) for p in plan.parts] == [
+        (b"00000000", 100, 0), (b"00000100", 200, 16), (None, 200, 16)]  # the last two share 200
     assert plan.after is None and not plan.ordered
     monkeypatch.setattr(image_mean, "_cores", lambda: 3)
     expected = images.astype(np.float64).sum(0).astype(np.float32) / np.float32(300)
@@ -421,3 +422,27 @@ def test_workers_refuse_a_db_whose_record_count_changed(tmp_path) -> None:
     assert image_mean._sum_part(db, layout, 10, last, None, out, lambda n: None)
     np.testing.assert_array_equal(out, np.full(4, 5, np.float32))
     assert not image_mean._sum_part(db, layout, 11, last, None, out, lambda n: None)
+
+
+@pytest.mark.parametrize("forward_first", [True, False])
+def test_shared_parts_meet_wherever_the_faster_gets(tmp_path, forward_first) -> None:
+    """The two parts that share the end of a round claim chunks until none is left: whichever
+    runs first (here: alone) takes nearly all, the other the rest; together every datum once."""
+    from caffe_compat.data import image_mean
+
+    images = np.random.default_rng(6).integers(0, 256, (70, 1, 2, 3), dtype=np.uint8)
+    db = _raw_db(tmp_path / "db", images, [0] * 70)
+    layout, _ = image_mean._first_layout(db)
+    forward, backward = image_mean._Part(b"00000000", 70, 0, 6, 16), image_mean._Part(None, 70, 0, 6, 16)
+    claims = image_mean._claims([forward, backward])
+    outs, counts = {}, {}
+    try:
+        for part in ([forward, backward] if forward_first else [backward, forward]):
+            outs[part.start] = np.zeros(6, np.float32)
+            assert image_mean._sum_part(db, layout, 70, part, None, outs[part.start],
+                                        lambda n, key=part.start: counts.__setitem__(key, n), claims)
+    finally:
+        os.close(claims)
+    # 70 = 6 taken up front by the forward part + 4 claims of 16
+    assert (counts[b"00000000"], counts[None]) == ((70, 0) if forward_first else (6, 64))
+    np.testing.assert_array_equal(outs[b"00000000"] + outs[None], images.reshape(70, 6).sum(0))
