@@ -415,6 +415,7 @@ def _run_round(db, layout: RawLayout | _DecodedLayout, plan: _Round, sums: np.nd
     per_datum = workers if plan.ordered else 1  # ordered: every worker goes through every datum
     claims = _claims(parts)
     children = []
+    ok = False
     try:
         for index in range(1, workers):
             pid = os.fork()
@@ -426,19 +427,17 @@ def _run_round(db, layout: RawLayout | _DecodedLayout, plan: _Round, sums: np.nd
                 finally:
                     os._exit(status)
             children.append(pid)
-        ok = False
-        try:
-            def tick(n: int) -> None:
-                done[0] = n
-                report(int(done.sum()) // per_datum)
 
-            ok = _sum_part(db, layout, plan.entries, parts[0], start, rows[0], tick, claims)
-        finally:
-            for pid in children:  # reap them whatever happened here; stop them if their sums are moot
-                if not ok:
-                    os.kill(pid, signal.SIGTERM)
-                ok = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 and ok
+        def tick(n: int) -> None:
+            done[0] = n
+            report(int(done.sum()) // per_datum)
+
+        ok = _sum_part(db, layout, plan.entries, parts[0], start, rows[0], tick, claims)
     finally:
+        for pid in children:  # reap them whatever happened here; stop them if their sums are moot
+            if not ok:
+                os.kill(pid, signal.SIGTERM)
+            ok = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 and ok
         if claims is not None:
             os.close(claims)
     if not ok:
