@@ -114,8 +114,7 @@ class CaffeBatches(Dataset):
 
     def finish(self, images: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
         """The float32 data of a ``raw=True`` batch, transformed where ``images`` lives (e.g. GPU)."""
-        crop_plans = [CropPlan(int(h), int(w), bool(m)) for h, w, m in plans.tolist()]
-        return self.transformer.apply_torch(images, crop_plans)
+        return self.transformer.apply_torch(images, plans)
 
 
 class _Count(Sampler):

@@ -60,7 +60,7 @@ class DataTransformer:
             mean = read_mean_file(param.mean_file)
         self.mean = None if mean is None else np.ascontiguousarray(mean, np.float32)
         self.mean_values = np.asarray(param.mean_value, np.float32)
-        self._torch_mean: dict[torch.device, torch.Tensor] = {}
+        self._torch_mean: dict[tuple[torch.device, int], torch.Tensor] = {}
 
     @property
     def needs_rng(self) -> bool:
@@ -130,18 +130,21 @@ class DataTransformer:
         """Caffe's ``Transform(const Datum&)``: decode encoded datums (force_color/gray), then transform."""
         return self(datum_array(datum, self.decode_flag), rng)
 
-    def apply_torch(self, batch: torch.Tensor, plans: Sequence[CropPlan]) -> torch.Tensor:
+    def apply_torch(self, batch: torch.Tensor, plans: torch.Tensor | Sequence[CropPlan]) -> torch.Tensor:
         """Transform an NxCxHxW batch (uint8 or float, any device) with one plan per item.
 
         Meant for a uint8 batch already on the GPU: cropping, mirroring, mean and scale run
-        there, and the float32 result equals :meth:`apply` bit for bit.
+        there, and the float32 result equals :meth:`apply` bit for bit. ``plans`` is a list of
+        :class:`CropPlan` or an int64 Nx3 tensor of (h_off, w_off, mirror) rows; a pinned one
+        goes to the GPU without stalling it (nothing here waits for the device).
         """
         n, c, h, w = batch.shape
         _, oh, ow = self.output_shape((c, h, w))
         device = batch.device
-        h_off = torch.tensor([p.h_off for p in plans], device=device)
-        w_off = torch.tensor([p.w_off for p in plans], device=device)
-        flip = torch.tensor([p.mirror for p in plans], device=device)
+        if not isinstance(plans, torch.Tensor):
+            plans = torch.tensor([(p.h_off, p.w_off, p.mirror) for p in plans], dtype=torch.int64)
+        plans = plans.to(device, non_blocking=True)
+        h_off, w_off, flip = plans[:, 0], plans[:, 1], plans[:, 2].bool()
         ar_h = torch.arange(oh, device=device)
         ar_w = torch.arange(ow, device=device)
         rows = (h_off[:, None] + ar_h)[:, :, None]  # N x oh x 1
@@ -149,16 +152,17 @@ class DataTransformer:
         items = torch.arange(n, device=device)[:, None, None]
         out = batch[items, :, rows, cols].permute(0, 3, 1, 2).to(torch.float32)  # N x C x oh x ow
         if self.mean is not None:
-            mean = self._device_mean(device)
-            out = out - mean[:, rows, cols].permute(1, 0, 2, 3)
+            out = out - self._device_mean(device, c)[:, rows, cols].permute(1, 0, 2, 3)
         elif self.mean_values.size:
-            means = torch.from_numpy(np.broadcast_to(self.mean_values, (c,)).copy()).to(device)
-            out = out - means.view(1, c, 1, 1)
+            out = out - self._device_mean(device, c).view(1, c, 1, 1)
         if self.scale != 1:
-            out = out * torch.tensor(self.scale, device=device)
+            out = out * float(self.scale)  # a float32 scalar: the same float32 product as numpy's
         return out.contiguous()
 
-    def _device_mean(self, device: torch.device) -> torch.Tensor:
-        if device not in self._torch_mean:
-            self._torch_mean[device] = torch.from_numpy(self.mean).to(device)
-        return self._torch_mean[device]
+    def _device_mean(self, device: torch.device, channels: int) -> torch.Tensor:
+        """The mean image (or the mean values, one per channel), copied to ``device`` once."""
+        key = (device, channels)
+        if key not in self._torch_mean:
+            mean = self.mean if self.mean is not None else np.broadcast_to(self.mean_values, (channels,)).copy()
+            self._torch_mean[key] = torch.from_numpy(mean).to(device)
+        return self._torch_mean[key]

@@ -19,7 +19,7 @@ from torch import nn
 
 from caffe_compat.errors import CaffeCompatError
 from caffe_compat.io.upgrade import net_needs_upgrade, upgrade_net_as_needed
-from caffe_compat.net.registry import TEST, Layer, Shape, layer_class
+from caffe_compat.net.registry import FUSIONS, TEST, Layer, Shape, apply_running_updates, layer_class
 from caffe_compat.net.splits import insert_splits
 from caffe_compat.net.state import filter_net, layer_included, net_state
 from caffe_compat.proto import caffe_pb2
@@ -148,7 +148,7 @@ class CaffeNet(nn.Module):
         self.output_names: list[str] = sorted(available)
         self.input_names: list[str] = [t for s in self.steps if s.layer.is_source for t in s.tops]
         self._params = self._collect_params()
-        self._release = _release_plan(self.steps)
+        self._schedule()
 
     # ------------------------------------------------------------------ building
 
@@ -265,6 +265,23 @@ class CaffeNet(nn.Module):
         entries[position] = entry
         owners[spec.name] = (position, entry, has_lr, has_decay)
 
+    def _schedule(self) -> None:
+        """Plan the forward pass: Caffe's steps with the registered fusions applied (``plan``),
+        and the layers whose running-statistics updates the net applies in one batch."""
+        self.plan: list[Step] = fuse_steps(self.steps)
+        self._release = {False: _release_plan(self.plan), True: _release_plan(self.steps)}
+        owners: dict[int, int] = {}
+        for step in self.steps:
+            for blob in step.layer.blobs:
+                owners[id(blob)] = owners.get(id(blob), 0) + 1
+        self._deferred: list[Layer] = []
+        for step in self.steps:
+            updates = step.layer.running_updates()
+            # A blob another layer of this net also holds must move when Caffe moves it.
+            step.layer.defer_running_updates = bool(updates) and all(owners[id(b)] == 1 for b, _, _ in updates)
+            if step.layer.defer_running_updates:
+                self._deferred.append(step.layer)
+
     # ------------------------------------------------------------------ running
 
     def run(self, inputs: Mapping[str, torch.Tensor] | None = None, record: bool = False,
@@ -273,7 +290,8 @@ class CaffeNet(nn.Module):
 
         With ``keep``, a blob outside it is released after the last layer that reads it, so
         inference holds only live activations (less memory, warmer caches); ``run.blobs``
-        then has the kept blobs only."""
+        then has the kept blobs only. With ``record`` every layer runs on its own (Caffe's
+        per-blob values); otherwise fused layers (``plan``) run as one call each."""
         feeds = dict(inputs or {})
         unknown = sorted(set(feeds) - set(self.input_names))
         if unknown:
@@ -284,8 +302,9 @@ class CaffeNet(nn.Module):
         env: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}
         losses: list[tuple[str, float, torch.Tensor]] = []
-        release = self._release if keep is not None else [()] * len(self.steps)
-        for step, done in zip(self.steps, release):
+        steps = self.steps if record else self.plan
+        release = self._release[record] if keep is not None else [()] * len(steps)
+        for step, done in zip(steps, release):
             if step.layer.is_source:
                 tops = self._source_tops(step, feeds)
             else:
@@ -302,6 +321,8 @@ class CaffeNet(nn.Module):
             for blob in done:
                 if blob not in keep:
                     env.pop(blob, None)
+        if self._deferred:
+            apply_running_updates([u for layer in self._deferred for u in layer.running_updates()])
         return NetRun(env, first, losses)
 
     def _source_tops(self, step: Step, feeds: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -390,7 +411,7 @@ class CaffeNet(nn.Module):
         self.steps = [step for step in self.steps if step.name not in gone]
         self.layers = nn.ModuleList(step.layer for step in self.steps)
         self._params = [entry for entry in self._params if entry.layer_name not in gone]
-        self._release = _release_plan(self.steps)
+        self._schedule()
 
     def copy_from(self, source, ignore_shape_mismatch: bool = False):
         """Load weights by layer name like Caffe's CopyTrainedLayersFrom; returns a report.
@@ -407,6 +428,24 @@ class CaffeNet(nn.Module):
         from caffe_compat.net.weights import net_to_proto
 
         return net_to_proto(self, write_diff=write_diff)
+
+
+def fuse_steps(steps: Sequence[Step]) -> list[Step]:
+    """``steps`` with every run that a registered fusion rule matches replaced by one step."""
+    plan: list[Step] = []
+    i = 0
+    while i < len(steps):
+        found = next((f for f in (rule(steps, i) for rule in FUSIONS) if f is not None), None)
+        if found is None:
+            plan.append(steps[i])
+            i += 1
+            continue
+        count, module = found
+        group = steps[i : i + count]
+        plan.append(Step("+".join(s.name for s in group), "+".join(s.type for s in group), module,
+                         group[0].bottoms, group[-1].tops, group[-1].loss_weights, group[0].stop_gradient))
+        i += count
+    return plan
 
 
 def _release_plan(steps: Sequence[Step]) -> list[tuple[str, ...]]:

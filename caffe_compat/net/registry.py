@@ -8,7 +8,7 @@ the same way, from any module imported before the net is built.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -51,6 +51,9 @@ class Layer(nn.Module):
     #: True for data sources (Data, ImageData, ...): no bottoms; the builder takes their tops
     #: from the caller's inputs when given, else calls :meth:`next_batch`.
     is_source: bool = False
+    #: Set by the net for layers with :meth:`running_updates`: the net applies them all at once
+    #: after its forward instead of each layer applying its own (two ops per net, not per layer).
+    defer_running_updates: bool = False
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
         super().__init__()
@@ -67,6 +70,12 @@ class Layer(nn.Module):
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:  # pragma: no cover
         raise NotImplementedError
 
+    def running_updates(self) -> list[RunningUpdate]:
+        """State blobs this layer's forward moves as ``blob = decay * blob + value`` (BatchNorm's
+        running statistics in TRAIN), ``value`` being a buffer the forward fills. Empty for the
+        layers whose forward changes no state."""
+        return []
+
     def next_batch(self) -> tuple[torch.Tensor, ...]:
         """The next batch of a source layer's tops (only for ``is_source`` layers)."""
         raise self.fail("this layer reads no data by itself; pass its tops as inputs")
@@ -74,6 +83,57 @@ class Layer(nn.Module):
     def fail(self, message: str) -> CaffeCompatError:
         """An error naming this layer, for bad parameters or shapes."""
         return CaffeCompatError(f"layer '{self.name}' (type {self.param.type}): {message}")
+
+
+RunningUpdate = tuple[torch.Tensor, float, torch.Tensor]  # (blob, decay, value)
+
+
+@torch.no_grad()
+def apply_running_updates(updates: Sequence[RunningUpdate]) -> None:
+    """``blob = decay * blob + value`` for every update, as two foreach ops per decay value
+    (Caffe's axpby: the product is rounded before the sum, as here)."""
+    by_decay: dict[float, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    for blob, decay, value in updates:
+        blobs, values = by_decay.setdefault(decay, ([], []))
+        blobs.append(blob)
+        values.append(value)
+    for decay, (blobs, values) in by_decay.items():
+        torch._foreach_mul_(blobs, decay)
+        torch._foreach_add_(blobs, values)
+
+
+class FusedLayers(nn.Module):
+    """Consecutive layers of a net run as one call: a faster forward with the same tops.
+
+    Made by a fusion rule (:func:`register_fusion`) when the net plans its forward. The layers
+    themselves, their blobs and Caffe's per-layer view (``net.steps``) stay as they are; only
+    the forward pass calls this instead of them. Holds its layers in a plain list: the net
+    owns them as modules.
+    """
+
+    is_source = False
+
+    def __init__(self, layers: Sequence[Layer]) -> None:
+        super().__init__()
+        self.parts = list(layers)
+
+    def fail(self, message: str) -> CaffeCompatError:
+        names = " + ".join(f"'{layer.name}'" for layer in self.parts)
+        return CaffeCompatError(f"layers {names} (run fused): {message}")
+
+
+#: A fusion rule: given the net's steps (objects with ``layer``, ``bottoms``, ``tops``,
+#: ``loss_weights``, ``stop_gradient``) and a position, either None or the number of steps from
+#: there that one :class:`FusedLayers` replaces, with that module. The fused call takes the
+#: first step's bottoms and gives the last step's tops.
+FusionRule = Callable[[Sequence[Any], int], "tuple[int, FusedLayers] | None"]
+FUSIONS: list[FusionRule] = []
+
+
+def register_fusion(rule: FusionRule) -> FusionRule:
+    """Make every net try ``rule`` when it plans its forward pass (see :data:`FusionRule`)."""
+    FUSIONS.append(rule)
+    return rule
 
 
 LAYERS: dict[str, type[Layer]] = {}

@@ -535,6 +535,8 @@ class Solver:
         for it, value in zip(iters, values):
             if not np.isfinite(value):
                 advice = "Lower base_lr or set clip_gradients"
+                if self.device.type != "cpu":
+                    advice = f"Check the labels (on a GPU a label outside a loss layer's classes gives NaN). {advice}"
                 if self.last_snapshot:
                     where = f"Last good snapshot: {self.last_snapshot}. {advice}, then resume from it."
                 else:

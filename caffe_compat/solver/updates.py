@@ -49,6 +49,18 @@ class UpdateRule:
         raise NotImplementedError
 
 
+def axpy(ys: Tensors, alphas: Sequence[float], xs: Tensors) -> None:
+    """``y += alpha * x`` for each triple (Caffe's caffe_axpy), one foreach op per distinct alpha:
+    one pass over memory instead of a product then a sum."""
+    groups: dict[float, tuple[Tensors, Tensors]] = {}
+    for y, alpha, x in zip(ys, alphas, xs):
+        group = groups.setdefault(alpha, ([], []))
+        group[0].append(y)
+        group[1].append(x)
+    for alpha, (group_ys, group_xs) in groups.items():
+        torch._foreach_add_(group_ys, group_xs, alpha=alpha)
+
+
 class SGD(UpdateRule):
     """history = momentum * history + local_rate * diff; update = history."""
 
@@ -57,7 +69,7 @@ class SGD(UpdateRule):
     def compute(self, diffs, history, local_rates, iteration):
         (h,) = history
         torch._foreach_mul_(h, self.momentum)
-        torch._foreach_add_(h, torch._foreach_mul(diffs, local_rates))
+        axpy(h, local_rates, diffs)
         return h
 
 
@@ -70,7 +82,7 @@ class Nesterov(UpdateRule):
         (h,) = history
         previous = [t.clone() for t in h]
         torch._foreach_mul_(h, self.momentum)
-        torch._foreach_add_(h, torch._foreach_mul(diffs, local_rates))
+        axpy(h, local_rates, diffs)
         update = torch._foreach_mul(h, 1.0 + self.momentum)
         torch._foreach_add_(update, previous, alpha=-self.momentum)
         return update
@@ -216,6 +228,18 @@ class CaffeUpdater:
             [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
             for _ in range(self.rule.history_sets)
         ]
+        self._select_active()
+
+    def _select_active(self) -> None:
+        """The params an update can change. One that never gets a gradient, has no weight decay
+        and a zero history (BatchNorm's statistics) keeps a zero diff, a zero history and a zero
+        update under every rule, so skipping it is exact and saves a pass over it per step."""
+        decays = [f32(self.weight_decay * m) for m in self.decay_mults]
+        self._active = [
+            i for i, p in enumerate(self.params)
+            if p.requires_grad or decays[i] != 0 or any(bool(h[i].any()) for h in self.history)
+        ]
+        self._decayed = [(k, decays[i]) for k, i in enumerate(self._active) if decays[i] != 0]
 
     @property
     def flat_history(self) -> Tensors:
@@ -238,21 +262,21 @@ class CaffeUpdater:
                 )
             with torch.no_grad():
                 dst.copy_(torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32)).reshape(dst.shape))
-
-    def _diffs(self) -> Tensors:
-        return [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        self._select_active()
 
     @torch.no_grad()
     def apply(self, rate: float, iteration: int) -> None:
         """One ``ApplyUpdate``: clip, normalise, regularise, compute and subtract the update."""
-        diffs = self._diffs()
+        params = [self.params[i] for i in self._active]
+        diffs = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         self._clip(diffs)
         if self.iter_size > 1:
             torch._foreach_mul_(diffs, 1.0 / self.iter_size)
-        self._regularize(diffs)
-        local_rates = [f32(rate * m) for m in self.lr_mults]
-        update = self.rule.compute(diffs, self.history, local_rates, iteration)
-        torch._foreach_sub_(self.params, update)
+        self._regularize(params, diffs)
+        local_rates = [f32(rate * self.lr_mults[i]) for i in self._active]
+        history = [[h[i] for i in self._active] for h in self.history]
+        update = self.rule.compute(diffs, history, local_rates, iteration)
+        torch._foreach_sub_(params, update)
 
     def _clip(self, diffs: Tensors) -> None:
         if self.clip_gradients < 0 or not diffs:
@@ -270,11 +294,9 @@ class CaffeUpdater:
                 self.on_clip(norm, self.clip_gradients, scale)
             torch._foreach_mul_(diffs, scale)
 
-    def _regularize(self, diffs: Tensors) -> None:
-        chosen = [i for i, m in enumerate(self.decay_mults) if f32(self.weight_decay * m) != 0]
-        if not chosen:
+    def _regularize(self, params: Tensors, diffs: Tensors) -> None:
+        if not self._decayed:
             return
-        decays = [f32(self.weight_decay * self.decay_mults[i]) for i in chosen]
-        weights = [self.params[i] for i in chosen]
+        weights = [params[k] for k, _ in self._decayed]
         term = torch._foreach_sign(weights) if self.regularization_type == "L1" else weights
-        torch._foreach_add_([diffs[i] for i in chosen], torch._foreach_mul(term, decays))
+        axpy([diffs[k] for k, _ in self._decayed], [d for _, d in self._decayed], term)

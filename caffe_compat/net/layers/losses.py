@@ -70,19 +70,29 @@ def _normalizer(mode: int, outer: int, inner: int, valid: torch.Tensor) -> torch
 
 def _int_labels(
     layer: Layer, label: torch.Tensor, classes: int, ignore: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mask of non-ignored labels and the labels as indices (truncated to int like Caffe's
-    static_cast<int>; ignored ones replaced by 0). A label outside [0, classes) is an error:
-    Caffe only DCHECKs it and reads out of bounds."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The mask of non-ignored labels, the labels as indices (truncated to int like Caffe's
+    static_cast<int>; ignored ones replaced by 0), and whether one is outside [0, classes).
+
+    Caffe only DCHECKs the range and reads out of bounds. On the CPU a bad label is an error
+    naming it. On a GPU that check would stall the device every iteration, so the third value
+    is a device flag instead and the loss becomes NaN (the solver's NaN check then stops the
+    run); it is None where the check was made on the host."""
     labels = label.detach().long()
     valid = labels != ignore if ignore is not None else torch.ones_like(labels, dtype=torch.bool)
-    safe = torch.where(valid, labels, torch.zeros_like(labels))
-    if not torch.compiler.is_compiling():
-        bad = valid & ((labels < 0) | (labels >= classes))
-        if bool(bad.any()):
-            value = int(labels[bad][0])
+    out_of_range = valid & ((labels < 0) | (labels >= classes))
+    safe = torch.where(valid & ~out_of_range, labels, torch.zeros_like(labels))
+    if labels.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bool(out_of_range.any()):
+            value = int(labels[out_of_range][0])
             raise layer.fail(f"label {value} out of range [0, {classes})")
-    return valid, safe
+        return valid, safe, None
+    return valid, safe, out_of_range.any()
+
+
+def _nan_if(bad: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    """``value``, or NaN where ``bad`` (a device flag from :func:`_int_labels`) is set."""
+    return value if bad is None else torch.where(bad, torch.full_like(value, math.nan), value)
 
 
 class _ClassScores:
@@ -131,11 +141,11 @@ class _SoftmaxLoss(LossLayer):
         gives each position's loss; ignored positions are dropped and the sum normalised."""
         log_prob = F.log_softmax(scores.float(), dim=self.split.axis)
         per_class = self.split.view(log_prob)
-        valid, safe = _int_labels(self, label.reshape(per_class.shape[0], -1), per_class.shape[1], self.ignore)
+        valid, safe, bad = _int_labels(self, label.reshape(per_class.shape[0], -1), per_class.shape[1], self.ignore)
         floored = per_class + (per_class.clamp_min(self.log_floor) - per_class).detach()
         losses = per_position(floored, safe)
         loss = torch.where(valid, losses, torch.zeros_like(losses)).sum()
-        loss = loss / _normalizer(self.mode, per_class.shape[0], per_class.shape[2], valid)
+        loss = _nan_if(bad, loss / _normalizer(self.mode, per_class.shape[0], per_class.shape[2], valid))
         return (loss, log_prob.exp()) if self.with_prob else (loss,)
 
 
@@ -229,11 +239,14 @@ class SigmoidCrossEntropyLoss(LossLayer):
         return (loss / _normalizer(self.mode, outer, x.shape[1], valid),)
 
 
-def _per_sample_labels(layer: Layer, label: torch.Tensor, num: int, classes: int) -> torch.Tensor:
-    """One integer label per sample (Caffe reads ``label[i]`` for sample i)."""
+def _per_sample_labels(layer: Layer, label: torch.Tensor, num: int,
+                       classes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One integer label per sample (Caffe reads ``label[i]`` for sample i), and the
+    out-of-range flag of :func:`_int_labels`."""
     if label.numel() != num:
         raise layer.fail(f"expects one label per sample ({num}), got a label blob of shape {tuple(label.shape)}")
-    return _int_labels(layer, label.reshape(num), classes, None)[1]
+    _, safe, bad = _int_labels(layer, label.reshape(num), classes, None)
+    return safe, bad
 
 
 @register_layer("HingeLoss")
@@ -248,10 +261,10 @@ class HingeLoss(LossLayer):
     def forward(self, scores: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor]:
         num = scores.shape[0]
         x = scores.float().reshape(num, -1)
-        labels = _per_sample_labels(self, label.detach(), num, x.shape[1])
+        labels, bad = _per_sample_labels(self, label.detach(), num, x.shape[1])
         sign = 1.0 - 2.0 * F.one_hot(labels, x.shape[1]).float()
         margin = F.relu(1.0 + sign * x)
-        return ((margin * margin if self.squared else margin).sum() / num,)
+        return (_nan_if(bad, (margin * margin if self.squared else margin).sum() / num),)
 
 
 @register_layer("MultinomialLogisticLoss")
@@ -262,10 +275,10 @@ class MultinomialLogisticLoss(LossLayer):
     def forward(self, prob: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor]:
         num = prob.shape[0]
         p = prob.float().reshape(num, -1)
-        labels = _per_sample_labels(self, label.detach(), num, p.shape[1])
+        labels, bad = _per_sample_labels(self, label.detach(), num, p.shape[1])
         picked = p.gather(1, labels.unsqueeze(1)).squeeze(1)
         floored = picked + (picked.clamp_min(_LOG_THRESHOLD) - picked).detach()
-        return (-torch.log(floored).sum() / num,)
+        return (_nan_if(bad, -torch.log(floored).sum() / num),)
 
 
 @register_layer("ContrastiveLoss")
@@ -324,12 +337,13 @@ class Accuracy(Layer):
 
     def forward(self, scores: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.split.view(scores.detach().float())
-        valid, safe = _int_labels(self, label.reshape(x.shape[0], -1), x.shape[1], self.ignore)
+        valid, safe, bad = _int_labels(self, label.reshape(x.shape[0], -1), x.shape[1], self.ignore)
         true_score = x.gather(1, safe.unsqueeze(1))
         better = (x >= true_score).sum(1) - 1  # the true class counts itself once
         correct = (better < self.top_k) & valid
         count = valid.sum()
         accuracy = torch.where(count > 0, correct.sum() / count.clamp_min(1), torch.zeros((), device=x.device))
+        accuracy = _nan_if(bad, accuracy)
         if not self.per_class:
             return (accuracy.float(),)
         classes = torch.zeros(x.shape[1], device=x.device)

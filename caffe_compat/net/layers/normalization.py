@@ -1,13 +1,17 @@
-"""Caffe's BatchNorm (statistics only) and the Scale / Bias layers that follow it."""
+"""Caffe's BatchNorm (statistics only) and the Scale / Bias layers that follow it, and the
+BatchNorm + Scale (+ ReLU) fusion every Caffe ResNet runs as one kernel."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from caffe_compat.net.fillers import constant_filler, filled
+from caffe_compat.net.layers.activations import ReLU
 from caffe_compat.net.layers.shape_ops import canonical_axis
-from caffe_compat.net.registry import TEST, Layer, Shape, register_layer
+from caffe_compat.net.registry import (TEST, FusedLayers, Layer, RunningUpdate, Shape, apply_running_updates,
+                                       register_fusion, register_layer)
 
 
 @register_layer("BatchNorm")
@@ -19,7 +23,12 @@ class BatchNorm(Layer):
     without global stats the batch statistics are used and the blobs updated like Caffe:
     factor' = maf * factor + 1, mean' = maf * mean + batch_mean,
     var' = maf * var + m / (m - 1) * batch_var with m = count / channels.
-    Statistics are always computed in float32 (stored variances may be scaled by ~1000).
+
+    Runs on PyTorch's fused kernel (cuDNN on GPUs): one pass in the input's dtype with float32
+    statistics. In TRAIN the kernel's running buffers, at momentum 1, receive the batch mean and
+    the m / (m - 1)-corrected variance, which :meth:`running_updates` folds into the blobs.
+    Stored sums are divided by the factor in float32 before use (Caffe's variance blobs may be
+    scaled by ~1000, past bf16's range of exact values).
     """
 
     def __init__(self, param, bottom_shapes, phase) -> None:
@@ -39,34 +48,106 @@ class BatchNorm(Layer):
             elif param.param[i].lr_mult != 0:
                 raise self.fail("cannot configure batch normalization statistics as layer "
                                 "parameters (lr_mult must be 0)")
+        # What the TRAIN forward adds to the three blobs: batch mean, corrected variance, 1.
+        self.register_buffer("batch_mean", torch.zeros(self.channels), persistent=False)
+        self.register_buffer("batch_var", torch.zeros(self.channels), persistent=False)
+        self.register_buffer("one", torch.ones(1), persistent=False)
+        self._stats_key: tuple | None = None
+        self._stats: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def top_shapes(self) -> list[Shape]:
         return [self.bottom_shapes[0]]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        xf = x.float()
-        view = [1] * x.dim()
-        view[min(1, x.dim() - 1)] = self.channels
-        if self.use_global_stats:
-            factor = self.blobs[2]
-            factor = torch.where(factor == 0, torch.zeros_like(factor), 1 / factor)
-            mean, var = self.blobs[0] * factor, self.blobs[1] * factor
-        else:
-            dims = [0, *range(2, x.dim())]
-            mean = xf.mean(dims)
-            centred = xf - mean.view(view)
-            var = (centred * centred).mean(dims)
-            self._update_running_stats(mean, var, x.numel() // self.channels)
-        y = (xf - mean.view(view)) / torch.sqrt(var + self.eps).view(view)
-        return (y.to(x.dtype),)
+        return (self.normalize(x),)
 
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, m: int) -> None:
+    def normalize(self, x: torch.Tensor, weight: torch.Tensor | None = None,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+        """This layer's top, times ``weight`` plus ``bias`` per channel when given (a Scale
+        layer's blobs, fused into the same kernel)."""
+        flat = x.dim() == 1
+        if flat:
+            x = x.unsqueeze(1)
+        if self.use_global_stats:
+            mean, var = self.global_stats()
+            y = F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
+        elif x.numel() == x.shape[1]:
+            # One value per channel: Caffe's variance correction is 1 there (torch's would be 1/0).
+            y = torch.batch_norm(x, weight, bias, None, None, True, 0.0, self.eps, torch.backends.cudnn.enabled)
+            with torch.no_grad():
+                self.batch_mean.copy_(x.detach().reshape(-1))
+                self.batch_var.zero_()
+        else:
+            y = F.batch_norm(x, self.batch_mean, self.batch_var, weight, bias, True, 1.0, self.eps)
+        if not self.use_global_stats and not self.defer_running_updates:
+            apply_running_updates(self.running_updates())
+        return y.squeeze(1) if flat else y
+
+    def running_updates(self) -> list[RunningUpdate]:
+        if self.use_global_stats:
+            return []
         maf = self.moving_average_fraction
-        correction = m / (m - 1) if m > 1 else 1.0
+        return [(self.blobs[0], maf, self.batch_mean), (self.blobs[1], maf, self.batch_var),
+                (self.blobs[2], maf, self.one)]
+
+    def global_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, variance) from the stored sums, as Caffe: each times 1 / factor (0 if factor is 0).
+
+        Kept between calls while the blobs are unchanged (same storage, same version), so a
+        frozen BatchNorm costs one kernel per forward, like ``nn.BatchNorm2d`` in eval mode."""
+        blobs = self.blobs[0], self.blobs[1], self.blobs[2]
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
+            key = (*((b.data_ptr(), b._version) for b in blobs), torch.is_inference_mode_enabled())
+            if key == self._stats_key and self._stats is not None:
+                return self._stats
         with torch.no_grad():
-            self.blobs[2].mul_(maf).add_(1)
-            self.blobs[0].mul_(maf).add_(mean.detach())
-            self.blobs[1].mul_(maf).add_(correction * var.detach())
+            factor = blobs[2]
+            scale = torch.where(factor == 0, torch.zeros_like(factor), 1 / factor)
+            stats = blobs[0] * scale, blobs[1] * scale
+        if not compiling:
+            self._stats_key, self._stats = key, stats
+        return stats
+
+
+class NormalizeScale(FusedLayers):
+    """BatchNorm, then a per-channel Scale in place on its top, then optionally an in-place ReLU:
+    one normalisation kernel with the Scale's blobs as its weight and bias, and a ReLU in place
+    on its fresh output. The pattern of every Caffe ResNet; gradients reach both layers' blobs."""
+
+    def __init__(self, bn: BatchNorm, scale: "Scale", relu: bool) -> None:
+        super().__init__([bn, scale])
+        self.bn, self.scale, self.relu = bn, scale, relu
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        blobs = self.scale.blobs
+        y = self.bn.normalize(x, blobs[0], blobs[1] if self.scale.bias_term else None)
+        return (torch.relu_(y) if self.relu else y,)
+
+
+def _plain_in_place(step, blob: str) -> bool:
+    """A step that reads and writes only ``blob``, with no loss weight and full backprop."""
+    return (step.bottoms == (blob,) and step.tops == (blob,) and not any(step.loss_weights)
+            and not step.stop_gradient)
+
+
+@register_fusion
+def _fuse_normalize_scale(steps, i: int):
+    bn = steps[i].layer
+    if not isinstance(bn, BatchNorm) or i + 1 >= len(steps) or any(steps[i].loss_weights):
+        return None
+    blob = steps[i].tops[0]
+    scale = steps[i + 1].layer
+    if not (isinstance(scale, Scale) and scale.learned_scale and _plain_in_place(steps[i + 1], blob)
+            and len(bn.bottom_shapes[0]) > 1 and scale.axis == 1
+            and tuple(scale.blobs[0].shape) == (bn.channels,)):
+        return None
+    relu = i + 2 < len(steps) and _plain_in_place(steps[i + 2], blob) and _is_plain_relu(steps[i + 2].layer)
+    return (3 if relu else 2), NormalizeScale(bn, scale, relu)
+
+
+def _is_plain_relu(layer: Layer) -> bool:
+    return isinstance(layer, ReLU) and layer.negative_slope == 0.0
 
 
 def _operand_shape(layer: Layer, axis: int, num_axes: int) -> tuple[int, Shape]:
@@ -117,11 +198,11 @@ class Scale(Layer):
         return [self.bottom_shapes[0]]
 
     def forward(self, x: torch.Tensor, *scale: torch.Tensor) -> tuple[torch.Tensor]:
-        factor = self.blobs[0] if self.learned_scale else scale[0]
-        y = x * _broadcast(factor, x, self.axis)
+        # Operands in x's dtype: under bf16 autocast one bf16 pass, not float32 passes and a cast.
+        factor = _broadcast(self.blobs[0] if self.learned_scale else scale[0], x, self.axis).to(x.dtype)
         if self.bias_term:
-            y = y + _broadcast(self.blobs[-1], x, self.axis)
-        return (y.to(x.dtype),)
+            return (torch.addcmul(_broadcast(self.blobs[-1], x, self.axis).to(x.dtype), x, factor),)
+        return (x * factor,)
 
 
 @register_layer("Bias")
@@ -140,4 +221,4 @@ class Bias(Layer):
 
     def forward(self, x: torch.Tensor, *bias: torch.Tensor) -> tuple[torch.Tensor]:
         operand = bias[0] if bias else self.blobs[0]
-        return ((x + _broadcast(operand, x, self.axis)).to(x.dtype),)
+        return (x + _broadcast(operand, x, self.axis).to(x.dtype),)
