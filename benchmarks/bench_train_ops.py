@@ -158,6 +158,10 @@ def table(ours: tuple[OpCounts, float], peer: tuple[OpCounts, float]) -> str:
          o.total_bytes / p.total_bytes),
         ("CPU s per step (median)", f"{ot:.3f}", f"{pt:.3f}", ot / pt),
     ]
+    to32 = [sum(v for k, v in c.cast_bytes.items() if k.endswith("->float32")) / 1e6 for c in (o, p)]
+    big = [max((v for k, v in c.largest_cast.items() if k.endswith("->float32")), default=0) for c in (o, p)]
+    rows.append(("MB cast to float32 per step", f"{to32[0]:,.1f}", f"{to32[1]:,.1f}", to32[0] / max(to32[1], 1e-9)))
+    rows.append(("largest tensor cast to float32 (elements)", f"{big[0]:,}", f"{big[1]:,}", big[0] / max(big[1], 1)))
     lines = ["| per training iteration | ours | plain PyTorch | ratio |", "|---|---|---|---|"]
     lines += [f"| {name} | {a} | {b} | {r:.2f}x |" for name, a, b, r in rows]
     return "\n".join(lines)

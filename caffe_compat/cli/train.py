@@ -25,7 +25,9 @@ EFFECTS = click.Choice(["snapshot", "stop", "none"])
 @caffe_option("channels_last", is_flag=True, help="channels_last memory format for 4-d blobs")
 @caffe_option("compile", "do_compile", is_flag=True, help="torch.compile the training forward")
 @click.option("--cudnn_benchmark/--no_cudnn_benchmark", default=True, help="cudnn.benchmark on GPU")
-@caffe_option("workers", type=int, default=2, show_default=True, help="data prefetch worker processes")
+@caffe_option("workers", type=click.IntRange(min=0), default=None,
+              help="data prefetch worker processes per GPU/process (default: 2 on the CPU; on GPUs "
+                   "the cores left over, at most 12 per GPU)")
 @caffe_option("log", "log_file", default=None, type=click.Path(dir_okay=False), help="also write the log here")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
 def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, stage, level,

@@ -24,10 +24,13 @@ _FREE = {"detach", "alias", "view", "_unsafe_view", "as_strided", "expand", "t",
 
 @dataclass
 class OpCounts:
-    """Per-op-name dispatch counts, and bytes written per op name."""
+    """Per-op-name dispatch counts, bytes written per op name, and per dtype conversion
+    (``"bfloat16->float32"``) the bytes and the largest element count converted."""
 
     ops: Counter = field(default_factory=Counter)
     bytes: Counter = field(default_factory=Counter)
+    cast_bytes: Counter = field(default_factory=Counter)
+    largest_cast: Counter = field(default_factory=Counter)
 
     @property
     def total_ops(self) -> int:
@@ -36,11 +39,6 @@ class OpCounts:
     @property
     def total_bytes(self) -> int:
         return sum(self.bytes.values())
-
-    def scaled(self, divisor: int) -> "OpCounts":
-        """Per-step averages of counts taken over ``divisor`` steps."""
-        return OpCounts(Counter({k: v / divisor for k, v in self.ops.items()}),
-                        Counter({k: v / divisor for k, v in self.bytes.items()}))
 
 
 def _written(func, out) -> int:
@@ -64,7 +62,9 @@ def _written(func, out) -> int:
 def _mutated_inputs(func, args, kwargs) -> int:
     """Bytes of foreach in-place ops' mutated list arguments (they return nothing)."""
     total = 0
-    for arg, value in zip(func._schema.arguments, list(args) + [kwargs.get(a.name) for a in func._schema.arguments[len(args):]]):
+    schema = func._schema.arguments
+    values = list(args) + [kwargs.get(a.name) for a in schema[len(args):]]
+    for arg, value in zip(schema, values):
         if arg.alias_info is not None and arg.alias_info.is_write and isinstance(value, (list, tuple)):
             total += sum(t.numel() * t.element_size() for t in value if isinstance(t, torch.Tensor))
     return total
@@ -88,4 +88,8 @@ class OpCounter(TorchDispatchMode):
         if not written and name.startswith("_foreach") and name.endswith("_"):
             written = _mutated_inputs(func, args, kwargs)
         self.counts.bytes[name] += written
+        if name == "_to_copy" and isinstance(args[0], torch.Tensor) and args[0].dtype != out.dtype:
+            kind = f"{str(args[0].dtype).removeprefix('torch.')}->{str(out.dtype).removeprefix('torch.')}"
+            self.counts.cast_bytes[kind] += written
+            self.counts.largest_cast[kind] = max(self.counts.largest_cast[kind], out.numel())
         return out
