@@ -41,19 +41,21 @@ from bench_train import make_lmdb, write_solver  # noqa: E402
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, cin: int, width: int, stride: int) -> None:
+    """Caffe's ResNet block: the stride on the first 1x1 (MSRA's original layout)."""
+
+    def __init__(self, cin: int, width: int, stride: int, bias: bool) -> None:
         super().__init__()
         cout = width * 4
-        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.conv1 = nn.Conv2d(cin, width, 1, stride, bias=bias)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=bias)
         self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=bias)
         self.bn3 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
         self.down = None
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=bias), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.down is None else self.down(x)
@@ -65,17 +67,18 @@ class Bottleneck(nn.Module):
 
 
 class PlainResNet50(nn.Module):
-    """torchvision's resnet50 layout (stride on the 3x3), ``widths`` scaled for ResNet-50-1by2."""
+    """The shapes of ``prototxt/resnet50`` (``base`` 64, a bias on conv1 only) or
+    ``prototxt/resnet50_1by2`` (``base`` 32, a bias on every convolution), in plain PyTorch."""
 
-    def __init__(self, classes: int = 40, base: int = 64) -> None:
+    def __init__(self, classes: int = 40, base: int = 64, bias: bool = False) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, base, 7, 2, 3, bias=False), nn.BatchNorm2d(base),
+        self.stem = nn.Sequential(nn.Conv2d(3, base, 7, 2, 3, bias=True), nn.BatchNorm2d(base),
                                   nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
         blocks, cin = [], base
         for i, (count, stride) in enumerate(zip((3, 4, 6, 3), (1, 2, 2, 2))):
             width = base * 2**i
             for j in range(count):
-                blocks.append(Bottleneck(cin, width, stride if j == 0 else 1))
+                blocks.append(Bottleneck(cin, width, stride if j == 0 else 1, bias))
                 cin = width * 4
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(cin, classes)
@@ -86,7 +89,8 @@ class PlainResNet50(nn.Module):
 
 
 def peer_step(args, device: torch.device):
-    net = PlainResNet50(40, 64 if args.model == "resnet50" else 32).to(device)
+    half = args.model == "resnet50_1by2"
+    net = PlainResNet50(40, 32 if half else 64, bias=half).to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if args.global_stats:
@@ -138,16 +142,22 @@ def ours_step(args, device: torch.device, work: Path):
 # ---------------------------------------------------------------------------- measuring
 
 
-def measure(step, iters: int) -> tuple[OpCounts, float]:
+def count(step) -> OpCounts:
     step()  # warm-up: lazy state (optimizer history, autotuning) is made once, not per step
     with OpCounter() as counter:
         step()
-    times = []
+    return counter.counts
+
+
+def cpu_seconds(steps, iters: int) -> list[float]:
+    """Median CPU seconds per step of each, timed in turns (the box's load drifts over minutes)."""
+    times: list[list[float]] = [[] for _ in steps]
     for _ in range(iters):
-        start = time.process_time()
-        step()
-        times.append(time.process_time() - start)
-    return counter.counts, statistics.median(times)
+        for step, spent in zip(steps, times):
+            start = time.process_time()
+            step()
+            spent.append(time.process_time() - start)
+    return [statistics.median(spent) for spent in times]
 
 
 def table(ours: tuple[OpCounts, float], peer: tuple[OpCounts, float]) -> str:
@@ -177,7 +187,7 @@ def main() -> None:
     p.add_argument("--model", default="resnet50", choices=["resnet50", "resnet50_1by2"])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=112)
-    p.add_argument("--iters", type=int, default=3, help="timed steps (median)")
+    p.add_argument("--iters", type=int, default=5, help="timed steps of each, in turns (median)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--global-stats", action="store_true", help="frozen BatchNorm (use_global_stats: true)")
@@ -190,8 +200,10 @@ def main() -> None:
     device = torch.device("cpu")
     args.workdir.mkdir(parents=True, exist_ok=True)
     make_lmdb(args.workdir, max(64, 2 * args.batch), args.crop + 16)
-    ours = measure(ours_step(args, device, args.workdir), args.iters)
-    peer = measure(peer_step(args, device), args.iters)
+    steps = ours_step(args, device, args.workdir), peer_step(args, device)
+    counts = [count(step) for step in steps]
+    seconds = cpu_seconds(steps, args.iters)
+    ours, peer = (counts[0], seconds[0]), (counts[1], seconds[1])
     bn = "global stats" if args.global_stats else "batch stats"
     print(f"# {args.model}, batch {args.batch}, crop {args.crop}, bf16 {args.bf16}, channels_last "
           f"{args.channels_last}, BatchNorm {bn}, torch {torch.__version__}, {torch.get_num_threads()} threads")
