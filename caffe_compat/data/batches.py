@@ -136,5 +136,8 @@ def batch_loader(batches: CaffeBatches, num_workers: int = 0, start: int = 0, st
                  prefetch_factor: int = 4, pin_memory: bool = False) -> DataLoader:
     """A DataLoader yielding batches ``start, start+1, ...`` in order, built by worker processes."""
     extra = {"prefetch_factor": prefetch_factor, "persistent_workers": True} if num_workers else {}
+    # A generator of its own: iter() on a DataLoader otherwise draws a seed from torch's global
+    # RNG, which Dropout also draws from, so where loaders are (re)opened would move the masks
+    # and a resumed run would no longer equal the uninterrupted one. Batches need no such seed.
     return DataLoader(batches, batch_size=None, sampler=_Count(start, stop), num_workers=num_workers,
-                      pin_memory=pin_memory, **extra)
+                      pin_memory=pin_memory, generator=torch.Generator(), **extra)
