@@ -22,6 +22,8 @@ from caffe_compat.errors import CaffeCompatError
 from caffe_compat.io.atomic import atomic_write
 from caffe_compat.io.binary import parse_binary, strip_binary
 from caffe_compat.io.blob import blob_header, blob_shape, file_reader, has_legacy_dims, raw_values, stripped_blob_to_array
+from caffe_compat.io.hdf5 import MAGIC as HDF5_MAGIC
+from caffe_compat.io.hdf5 import is_hdf5, load_weights_hdf5
 from caffe_compat.io.upgrade import upgrade_net_on_read
 from caffe_compat.io.wire import BLOB, BLOB_DATA, BLOB_DOUBLE_DATA, LENGTH_DELIMITED, encode_key, encode_varint, iter_fields
 from caffe_compat.proto import caffe_pb2
@@ -73,6 +75,9 @@ def load_caffemodel(path: str | os.PathLike[str], upgrade: bool = True) -> tuple
     with handle:
         if os.fstat(handle.fileno()).st_size == 0:
             raise CaffeCompatError(f"{path}: not a valid {_KIND}: the file is empty")
+        if handle.read(len(HDF5_MAGIC)) == HDF5_MAGIC:
+            raise CaffeCompatError(f"{path}: an HDF5 weights file (.caffemodel.h5), not a binary {_KIND}; "
+                                   "it loads as weights (-weights, copy_from) but holds no net definition")
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as buf:
             skeleton, payloads = strip_binary(buf, caffe_pb2.NetParameter, _NET_BLOBS, path, _KIND)
             try:
@@ -100,7 +105,10 @@ def _layers_with_blobs(net: caffe_pb2.NetParameter) -> list:
 
 
 def load_weights(path: str | os.PathLike[str]) -> Weights:
-    """Ordered mapping layer name -> list of blob arrays (see :func:`load_caffemodel`)."""
+    """Ordered mapping layer name -> list of blob arrays (see :func:`load_caffemodel`); Caffe's
+    HDF5 weights (``.caffemodel.h5``) too, recognised by their signature."""
+    if is_hdf5(path):
+        return load_weights_hdf5(path)
     return load_caffemodel(path)[1]
 
 

@@ -3,7 +3,8 @@
 ``<prefix>_iter_N.caffemodel`` and ``<prefix>_iter_N.solverstate`` are what ``caffe train``
 writes (SolverState: iter, learned_net = the caffemodel path as written, history blobs in the
 solver's order, current_step), so real Caffe can resume from them and we can resume from
-Caffe's. Caffe does not save where the data layers were or the RNG: its resume restarts the
+Caffe's; with ``snapshot_format: HDF5`` they are ``.caffemodel.h5`` and ``.solverstate.h5`` in
+Caffe's HDF5 layout (``caffe_compat.io.hdf5``). Caffe does not save where the data layers were or the RNG: its resume restarts the
 data at record 0. We keep those in ``<prefix>_iter_N.solverstate.resume.pt`` beside it; Caffe
 never looks at that file, and a resume that finds it continues the run bit for bit (CPU).
 
@@ -26,6 +27,7 @@ from caffe_compat.errors import CaffeCompatError
 from caffe_compat.io.atomic import atomic_write_bytes
 from caffe_compat.io.blob import array_to_blob
 from caffe_compat.io.caffemodel import write_caffemodel
+from caffe_compat.io.hdf5 import is_hdf5, read_solverstate_hdf5, write_solverstate_hdf5, write_weights_hdf5
 from caffe_compat.io.solverstate import load_solverstate, write_solverstate
 from caffe_compat.proto import caffe_pb2
 
@@ -53,19 +55,24 @@ def write_snapshot(
     current_step: int,
     sidecar: dict[str, Any] | None,
     previous: str | None,
+    hdf5: bool = False,
 ) -> tuple[str, str]:
     """Write caffemodel, solverstate (and sidecar); return (model path, state path)."""
-    model = snapshot_filename(prefix, iteration, ".caffemodel")
-    state_file = snapshot_filename(prefix, iteration, ".solverstate")
+    ext = ".h5" if hdf5 else ""
+    model = snapshot_filename(prefix, iteration, ".caffemodel" + ext)
+    state_file = snapshot_filename(prefix, iteration, ".solverstate" + ext)
     written: list[Path] = []
     target = model
     try:
-        write_caffemodel(model, net_param)
+        (write_weights_hdf5 if hdf5 else write_caffemodel)(model, net_param)
         written.append(Path(model))
         target = state_file
-        state = caffe_pb2.SolverState(iter=iteration, learned_net=model, current_step=current_step)
-        state.history.extend(array_to_blob(np.asarray(h, dtype=np.float32)) for h in history)
-        write_solverstate(state_file, state)
+        if hdf5:
+            write_solverstate_hdf5(state_file, iteration, model, current_step, history)
+        else:
+            state = caffe_pb2.SolverState(iter=iteration, learned_net=model, current_step=current_step)
+            state.history.extend(array_to_blob(np.asarray(h, dtype=np.float32)) for h in history)
+            write_solverstate(state_file, state)
         written.append(Path(state_file))
         if sidecar is not None:
             target = os.fspath(sidecar_path(state_file))
@@ -104,13 +111,16 @@ def _learned_net(state_path: Path, name: str) -> Path:
 
 
 def read_snapshot(path: str | os.PathLike[str]) -> SavedState:
-    """Read a .solverstate written by Caffe or by us, and our sidecar beside it if there is one."""
+    """Read a .solverstate (or .solverstate.h5) written by Caffe or by us, and our sidecar beside
+    it if there is one."""
     path = Path(path)
-    if path.suffix == ".h5":
-        raise CaffeCompatError(f"{path}: HDF5 solver states are not supported; snapshot with snapshot_format: BINARYPROTO")
     if not path.is_file():
         raise CaffeCompatError(f"{path}: solverstate does not exist")
-    state, history = load_solverstate(path)
+    if is_hdf5(path):
+        iteration, learned_name, current_step, history = read_solverstate_hdf5(path)
+        state = caffe_pb2.SolverState(iter=iteration, learned_net=learned_name, current_step=current_step)
+    else:
+        state, history = load_solverstate(path)
     learned = _learned_net(path, state.learned_net) if state.learned_net else None
     sidecar = None
     side = sidecar_path(path)

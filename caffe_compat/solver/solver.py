@@ -69,6 +69,7 @@ class TrainOptions:
     device_transform: bool | None = None  # crop/mirror/mean on the device from uint8 batches; None: on GPUs
     progress: bool | None = None  # None: only when stderr is a terminal
     log_file: str | None = None
+    solver_type: str | None = None  # pycaffe's SGDSolver, AdamSolver, ...: the class decides, not `type:`
 
 
 @dataclass
@@ -124,11 +125,11 @@ def read_solver_param(path: str | os.PathLike[str], options: TrainOptions) -> ca
         sp.weights.append(",".join(options.weights))
     if options.max_iter is not None:
         sp.max_iter = options.max_iter
+    if options.solver_type:
+        sp.type = options.solver_type
     src = os.fspath(path)
     if sp.average_loss < 1:
         raise CaffeCompatError(f"{src}: average_loss must be >= 1 (got {sp.average_loss})")
-    if sp.snapshot_format == caffe_pb2.SolverParameter.HDF5:
-        raise CaffeCompatError(f"{src}: snapshot_format HDF5 is not supported; use BINARYPROTO")
     if sp.display < 0 or sp.snapshot < 0 or sp.test_interval < 0:
         raise CaffeCompatError(f"{src}: display, snapshot and test_interval must be >= 0")
     return sp
@@ -247,6 +248,9 @@ class Solver:
         self.param = read_solver_param(solver_path, self.options)
         sp = self.param
         self.log.info("solver.cpp:45", f"Initializing solver from parameters: \n{to_text(sp)}")
+        if sp.solver_mode == caffe_pb2.SolverParameter.GPU and self.device.type == "cpu":
+            self.log.warning(OURS, "solver_mode is GPU but " + ("no CUDA device is available" if not torch.cuda.is_available()
+                             else "no -gpu was given") + "; training on the CPU")
         if sp.random_seed >= 0:
             seed = sp.random_seed + self.rank.rank
             torch.manual_seed(seed)
@@ -646,13 +650,15 @@ class Solver:
         self._flush()  # never snapshot weights a NaN loss already spoiled
         sp = self.param
         prefix = sp.snapshot_prefix
-        self.log.info("solver.cpp:464", f"Snapshotting to binary proto file {prefix}_iter_{self.iter}.caffemodel")
+        hdf5 = sp.snapshot_format == caffe_pb2.SolverParameter.HDF5
+        kind, ext = ("HDF5 file", ".caffemodel.h5") if hdf5 else ("binary proto file", ".caffemodel")
+        self.log.info("solver.cpp:464", f"Snapshotting to {kind} {prefix}_iter_{self.iter}{ext}")
         if sp.snapshot_diff:
             self.log.warning("solver.cpp:464", "snapshot_diff is ignored: diffs are not kept between iterations")
         history = [h.detach().float().cpu().numpy() for h in self.updater.flat_history]
         paths = write_snapshot(prefix, self.iter, self.net.to_net_parameter(), history,
-                               self.lr_policy.current_step, self._sidecar(), self.last_snapshot)
-        self.log.info("sgd_solver.cpp:284", f"Snapshotting solver state to binary proto file {paths[1]}")
+                               self.lr_policy.current_step, self._sidecar(), self.last_snapshot, hdf5)
+        self.log.info("sgd_solver.cpp:284", f"Snapshotting solver state to {kind} {paths[1]}")
         self.last_snapshot = paths[1]
         self.result.last_snapshot = paths[1]
         return paths
