@@ -71,14 +71,20 @@ def _member(group, name: str, where: str, kind: str):
     return obj
 
 
-def read_array(group, name: str, where: str) -> np.ndarray:
-    """A numeric dataset's values (Caffe reads H5T_FLOAT and H5T_INTEGER classes only)."""
+def _numeric(group, name: str, where: str):
+    """The dataset ``name`` after checking it holds numbers stored in this file (Caffe reads
+    H5T_FLOAT and H5T_INTEGER classes only)."""
     dataset = _member(group, name, where, "dataset")
     if dataset.dtype.kind not in "fiub":
         raise CaffeCompatError(f"{where}: dataset '{name}' holds {dataset.dtype} values; Caffe reads only numbers")
     if dataset.is_virtual or dataset.id.get_create_plist().get_external_count():
         raise CaffeCompatError(f"{where}: dataset '{name}' keeps its values in other files; only data stored in the file is read")
-    return np.asarray(dataset[()])
+    return dataset
+
+
+def read_array(group, name: str, where: str) -> np.ndarray:
+    """A numeric dataset's values."""
+    return np.asarray(_numeric(group, name, where)[()])
 
 
 def _read_string(group, name: str, where: str) -> str:
@@ -205,6 +211,13 @@ def read_datasets(path: str | os.PathLike[str], names: Sequence[str]) -> dict[st
     if len(set(rows.values())) > 1:
         raise CaffeCompatError(f"{path}: datasets have different numbers of rows: {rows}")
     return out
+
+
+def dataset_shapes(path: str | os.PathLike[str], names: Sequence[str]) -> list[tuple[int, ...]]:
+    """The shapes of the named numeric datasets, without reading their values."""
+    path = os.fspath(path)
+    with open_hdf5(path, "an HDF5 data file") as h5:
+        return [tuple(_numeric(h5, name, path).shape) for name in names]
 
 
 def write_datasets(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
