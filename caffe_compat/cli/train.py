@@ -28,10 +28,16 @@ EFFECTS = click.Choice(["snapshot", "stop", "none"])
 @caffe_option("workers", type=click.IntRange(min=0), default=None,
               help="data prefetch worker processes per GPU/process (default: 2 on the CPU; on GPUs "
                    "the cores left over, at most 12 per GPU)")
+@caffe_option("ema", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0,
+              help="keep an exponential moving average of the weights with this decay (e.g. 0.999); "
+                   "tests and snapshot caffemodels use it (0: off)")
+@caffe_option("warmup", type=click.IntRange(min=0), default=0,
+              help="ramp the learning rate up linearly over the first N iterations")
 @caffe_option("log", "log_file", default=None, type=click.Path(dir_okay=False), help="also write the log here")
 @click.option("--progress/--no-progress", default=None, help="progress bar (default: when stderr is a terminal)")
 def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, stage, level,
-                  bf16, channels_last, do_compile, cudnn_benchmark, workers, log_file, progress) -> None:
+                  bf16, channels_last, do_compile, cudnn_benchmark, workers, ema, warmup, log_file,
+                  progress) -> None:
     """Train a net from a Caffe solver.prototxt, like ``caffe train``."""
     from caffe_compat.solver.solver import TrainOptions, resolve_gpus, train
 
@@ -50,6 +56,8 @@ def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sig
         compile=do_compile,
         cudnn_benchmark=cudnn_benchmark,
         workers=workers,
+        ema=ema,
+        warmup=warmup,
         progress=progress,
         log_file=log_file,
     )

@@ -41,6 +41,7 @@ from caffe_compat.net.builder import CaffeNet
 from caffe_compat.net.registry import TEST, TRAIN
 from caffe_compat.proto import caffe_pb2
 from caffe_compat.solver import distributed
+from caffe_compat.solver.averaging import WeightAverage
 from caffe_compat.solver.caffe_log import CaffeLog, num
 from caffe_compat.solver.feeds import NetFeeder
 from caffe_compat.solver.lr_policy import LearningRatePolicy
@@ -66,6 +67,8 @@ class TrainOptions:
     cudnn_benchmark: bool = True
     compile: bool = False
     workers: int | None = 0  # None: default_workers() for the device
+    ema: float = 0.0  # weight average decay (0: none); tests and snapshots use the average
+    warmup: int = 0  # iterations over which the learning rate ramps up linearly to lr_policy's
     device_transform: bool | None = None  # crop/mirror/mean on the device from uint8 batches; None: on GPUs
     progress: bool | None = None  # None: only when stderr is a terminal
     log_file: str | None = None
@@ -286,6 +289,9 @@ class Solver:
         self.test_feeders = [NetFeeder(n, self.device, 0, 0, 1, self.options.channels_last, data_seed,
                                        self.options.device_transform) for n in self.test_nets]
         self.model = self._train_module()
+        self.average = WeightAverage(self.net, self.options.ema) if self.options.ema else None
+        if self.options.warmup < 0:
+            raise CaffeCompatError(f"--warmup must be >= 0 (got {self.options.warmup})")
         self.signals = SignalHandler(self.options.sigint_effect, self.options.sighup_effect)
         self.requested_early_exit = False
         self._local_action = 0  # strongest signal action seen since the ranks last agreed
@@ -380,6 +386,8 @@ class Solver:
                     test_net.copy_from({k: v for k, v in weights.items() if test_net.layer_by_name(k) is not None})
             self._log_weight_report(report)
             reports.append(report)
+        if self.average is not None:
+            self.average.reset()
         return reports
 
     def _log_weight_report(self, report) -> None:
@@ -399,6 +407,8 @@ class Solver:
         self.lr_policy.current_step = saved.current_step
         self.log.info("sgd_solver.cpp:336", "SGDSolver: restoring history")
         self.updater.load_history(saved.history, os.fspath(path))
+        if self.average is not None:
+            self.average.reset()
         if saved.sidecar is not None:
             self._restore_sidecar(saved.sidecar)
         return saved
@@ -407,7 +417,7 @@ class Solver:
         rng: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": _python_state()}
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {
+        side = {
             "format": 1,
             "iter": self.iter,
             "train_data": self.feeder.state(),
@@ -416,6 +426,9 @@ class Solver:
             "smoothing": {"losses": list(self.smoothed.losses), "smoothed": self.smoothed.value,
                           "start": self.smoothed.start},
         }
+        if self.average is not None:
+            side["ema"] = self.average.state()
+        return side
 
     def _restore_sidecar(self, side: dict[str, Any]) -> None:
         self.feeder.restore(side["train_data"])
@@ -431,6 +444,9 @@ class Solver:
         self.smoothed.losses, self.smoothed.value, self.smoothed.start = list(sm["losses"]), sm["smoothed"], sm["start"]
         self._keep_smoothing = True
         self.log.info(OURS, "Resume sidecar found: data cursors, RNG and loss smoothing restored")
+        if self.average is not None and "ema" in side:
+            self.average.restore(side["ema"])
+            self.log.info(OURS, "Resume sidecar: the raw weights and their average (--ema) restored")
 
     # ------------------------------------------------------------------ training
 
@@ -497,9 +513,13 @@ class Solver:
                 timer, iters_last = time.perf_counter(), self.iter
                 self.log.net_outputs("Train", self._output_values(self.net, outputs))
             rate = self.lr_policy.rate(self.iter)
+            if self.iter < self.options.warmup:
+                rate = float(np.float32(rate * (self.iter + 1) / self.options.warmup))
             if display:
                 self.log.learning_rate(self.iter, rate)
             self.updater.apply(rate, self.iter)
+            if self.average is not None:
+                self.average.update()
             self.iter += 1
             self.result.iterations += 1
             self.result.train_seconds += time.perf_counter() - loop_start
@@ -594,10 +614,15 @@ class Solver:
     # ------------------------------------------------------------------ testing
 
     def test_all(self) -> None:
-        for i in range(len(self.test_nets)):
-            if self.requested_early_exit:
-                break
-            self.test(i)
+        with self._averaged():
+            for i in range(len(self.test_nets)):
+                if self.requested_early_exit:
+                    break
+                self.test(i)
+
+    def _averaged(self):
+        """The weight average in place of the weights (tests, snapshot caffemodels), if --ema."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
 
     def test(self, net_id: int) -> dict[str, list[float]] | None:
         """Caffe's Test: mean of every output over test_iter batches, logged per value."""
@@ -656,8 +681,11 @@ class Solver:
         if sp.snapshot_diff:
             self.log.warning("solver.cpp:464", "snapshot_diff is ignored: diffs are not kept between iterations")
         history = [h.detach().float().cpu().numpy() for h in self.updater.flat_history]
-        paths = write_snapshot(prefix, self.iter, self.net.to_net_parameter(), history,
-                               self.lr_policy.current_step, self._sidecar(), self.last_snapshot, hdf5)
+        sidecar = self._sidecar()  # the raw weights, when the caffemodel gets the average
+        with self._averaged():
+            net_param = self.net.to_net_parameter()
+        paths = write_snapshot(prefix, self.iter, net_param, history,
+                               self.lr_policy.current_step, sidecar, self.last_snapshot, hdf5)
         self.log.info("sgd_solver.cpp:284", f"Snapshotting solver state to {kind} {paths[1]}")
         self.last_snapshot = paths[1]
         self.result.last_snapshot = paths[1]
