@@ -78,22 +78,60 @@ def test_predict_matches_caffenet_with_mean_file(score_net, tmp_path: Path):
     assert f"expected score {score:.2f}" in lines[0] and "top-3" in lines[0]
 
 
-def test_unsupported_layer_names_layer_type_and_list(tmp_path: Path):
-    text = SCORE_NET.replace('type: "ReLU"', 'type: "MVN"')
+PLUGIN_LAYER = """
+from caffe_compat.net.layers.activations import NeuronLayer
+from caffe_compat.net.registry import register_layer
+
+
+@register_layer("PlusOneForTest")
+class PlusOne(NeuronLayer):
+    def forward(self, x):
+        return (x + 1,)
+"""
+
+PLUGIN_CONVERTER = """
+import numpy as np
+
+from caffe_compat.onnx.converters import add_converter
+
+
+@add_converter("PlusOneForTest")
+def plus_one(e):
+    e.node("Add", [e.bottom(), e.const("one", np.float32(1.0))], top=0)
+"""
+
+
+def test_plugins_bring_user_layers_and_converters(tmp_path: Path, monkeypatch):
+    """A user layer without a converter stops the export naming the layer, its type and the
+    supported list; `--plugins` with a module that adds the converter exports it."""
+    (tmp_path / "plus_one_layer.py").write_text(PLUGIN_LAYER)
+    (tmp_path / "plus_one_onnx.py").write_text(PLUGIN_CONVERTER)
+    monkeypatch.chdir(tmp_path)  # plugin module names resolve from the current folder, like python -m
+    text = SCORE_NET.replace('type: "ReLU"', 'type: "PlusOneForTest"')
     (tmp_path / "net.prototxt").write_text(text)
-    write_caffemodel(tmp_path / "w.caffemodel", CaffeNet(parse_net_text(text)).to_net_parameter())
-    result = CliRunner().invoke(main, ["export-onnx", "--model", str(tmp_path / "net.prototxt"), "--weights",
-                                       str(tmp_path / "w.caffemodel"), "-o", str(tmp_path / "out.onnx")])
+    write_caffemodel(tmp_path / "w.caffemodel", CaffeNet(parse_net_text(SCORE_NET)).to_net_parameter())
+    runner = CliRunner()
+    base = ["export-onnx", "--model", "net.prototxt", "--weights", "w.caffemodel", "-o", "out.onnx"]
+    result = runner.invoke(main, base)
+    assert result.exit_code == 1 and "unknown type 'PlusOneForTest'" in result.output
+    result = runner.invoke(main, [*base, "--plugins", "plus_one_layer"])
     assert result.exit_code == 1
-    assert "layer 'relu': type 'MVN' has no ONNX converter" in result.output
+    assert "layer 'relu': type 'PlusOneForTest' has no ONNX converter" in result.output
     assert "Convolution" in result.output and "Traceback" not in result.output
     assert list(tmp_path.glob("*.onnx*")) == []  # nothing half-written
+    result = runner.invoke(main, [*base, "--plugins", "plus_one_layer,plus_one_onnx.py", "--verify"])
+    assert result.exit_code == 0, result.output
+    assert "Add" in result.output and (tmp_path / "out.onnx").is_file()
+    line = next(x for x in result.output.splitlines() if x.startswith("max |onnxruntime - CaffeNet|"))
+    assert float(line.rsplit(" ", 1)[1]) < 1e-5
+    result = runner.invoke(main, [*base, "--plugins", "no_such_module_xyz"])
+    assert result.exit_code == 1 and "--plugins: cannot import 'no_such_module_xyz'" in result.output
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--opset", "9"], "--opset 9 is not supported"),
-    (["--batch", "many"], "--batch must be 'dynamic' or a positive number"),
-    (["--batch", "0"], "--batch must be 'dynamic' or a positive number"),
+    (["--batch", "many"], "--batch must be 'dynamic', 'prototxt' or a positive number"),
+    (["--batch", "0"], "--batch must be 'dynamic', 'prototxt' or a positive number"),
 ])
 def test_bad_export_flags(score_net, tmp_path: Path, flags, message):
     deploy, weights, _ = score_net

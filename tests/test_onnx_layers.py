@@ -53,12 +53,8 @@ def test_fixture_nets_are_all_accounted_for():
     assert len(EXPORTABLE) >= 20
 
 
-@pytest.mark.parametrize("name", EXPORTABLE)
-def test_fixture_net_matches_caffe(name: str):
-    net, inputs = _build(name)
+def _check_against_caffe(name: str, model, inputs: dict[str, np.ndarray], net: CaffeNet, blobs) -> None:
     caffe = np.load(LAYERS / name / "forward.npz")
-    blobs = [b for b in caffe.files if b not in net.input_names]
-    model, _, _ = net_to_onnx(net, extra_outputs=blobs)
     got = run_onnx(model, inputs)
     with torch.no_grad():
         ours = net({k: torch.from_numpy(v) for k, v in inputs.items()}, blobs="all")
@@ -69,35 +65,67 @@ def test_fixture_net_matches_caffe(name: str):
                                    err_msg=f"{name}: blob {blob} vs CaffeNet")
 
 
-@pytest.mark.parametrize("name", sorted(NOT_EXPORTABLE))
-def test_unexportable_fixture_nets_fail_clearly(name: str):
-    net, _ = _build(name)
-    with pytest.raises(CaffeCompatError, match=NOT_EXPORTABLE[name][1]):
-        net_to_onnx(net)
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_fixture_net_matches_caffe(name: str):
+    """At the prototxt's batch, every blob of Caffe's forward.npz (split copies included)."""
+    net, inputs = _build(name)
+    caffe = np.load(LAYERS / name / "forward.npz")
+    blobs = [b for b in caffe.files if b not in net.input_names]
+    model, _, _ = net_to_onnx(net, extra_outputs=blobs, dynamic_batch=False)
+    _check_against_caffe(name, model, inputs, net, blobs)
 
 
-# Nets whose every input has the batch on axis 0 (bias/scale feed per-channel operands).
-BATCHED = ["activations", "argmax", "batchnorm_test", "concat", "conv", "crop", "deconv", "eltwise",
-           "flatten_reshape", "innerproduct", "lrn", "pool", "power_exp_log", "slice", "softmax", "split", "tile"]
-
-
-@pytest.mark.parametrize("name", BATCHED)
-def test_dynamic_batch_follows_caffe_reshape(name: str):
-    """Exported at the prototxt's batch, run at batch 5: equals CaffeNet built for batch 5."""
-    from caffe_compat.onnx.export import with_input_batch
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_fixture_net_with_fold_bn(name: str):
+    """`export-onnx --fold-bn` (a no-op where no BatchNorm follows a convolution) keeps Caffe's outputs."""
+    from caffe_compat.onnx.export import export_onnx
 
     net, inputs = _build(name)
-    model, _, _ = net_to_onnx(net, extra_outputs=net.output_names)
-    big = CaffeNet(with_input_batch(read_net(LAYERS / name / "net.prototxt"), 5), phase=TEST)
+    result = export_onnx(LAYERS / name / "net.prototxt", LAYERS / name / "weights.caffemodel", None,
+                         batch="prototxt", fold_bn=True)
+    _check_against_caffe(name, result.model, inputs, net, net.output_names)
+
+
+# Nets whose dynamic export Caffe's own reshape rules forbid, and the layer the refusal names.
+NO_DYNAMIC_BATCH = {"scale": "scale_all"}  # a learned Scale blob spans axis 0
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_dynamic_batch_at_twice_the_batch(name: str):
+    """Exported with a dynamic batch and run at twice it: equals CaffeNet reshaped to that batch
+    (Caffe's Reshape semantics); inputs that are not batched keep their shapes. Nets that Caffe
+    cannot reshape are refused with the layer's name."""
+    from caffe_compat.onnx.export import deploy_net_param
+
+    net, inputs = _build(name)
+    if name in NO_DYNAMIC_BATCH:
+        with pytest.raises(CaffeCompatError, match=f"layer '{NO_DYNAMIC_BATCH[name]}'.*--batch prototxt"):
+            net_to_onnx(net)
+        return
+    model, _, graph_inputs = net_to_onnx(net, extra_outputs=net.output_names)
+    batched = {blob for blob, dims in graph_inputs if dims and isinstance(dims[0], str)}
+    assert batched, name
+    feeds = {k: np.concatenate([v, v]) if k in batched else v for k, v in inputs.items()}
+    steps = [s for s in net.steps]
+    big = CaffeNet(deploy_net_param(net.name, steps, {k: v.shape for k, v in feeds.items()}), phase=TEST)
     big.copy_from(LAYERS / name / "weights.caffemodel")
-    rng = np.random.default_rng(0)
-    feeds = {k: rng.standard_normal((5, *v.shape[1:])).astype(np.float32) + (3 if k == "pos" else 0)
-             for k, v in inputs.items()}
     got = run_onnx(model, feeds)
     with torch.no_grad():
         want = big({k: torch.from_numpy(v) for k, v in feeds.items()})
     for blob, value in want.items():
+        assert got[blob].shape == value.shape, (name, blob)
         np.testing.assert_allclose(got[blob], value.numpy(), rtol=TOL, atol=TOL, err_msg=f"{name}: {blob}")
+
+
+def test_only_batched_inputs_get_the_batch_symbol():
+    """A Bias operand (3, 4) and a second Softmax input with its own batch keep their shapes."""
+    for name, static in (("bias", {"bb": [3, 4]}), ("softmax", {"d2": [4, 10]}), ("crop", {"ref_c": [1, 2, 5, 7]})):
+        net, _ = _build(name)
+        _, _, graph_inputs = net_to_onnx(net)
+        dims = dict(graph_inputs)
+        assert dims["data"][0] == "N", name
+        for blob, shape in static.items():
+            assert list(dims[blob]) == shape, (name, blob)
 
 
 @pytest.mark.parametrize("opset", [13, 21])
@@ -105,7 +133,7 @@ def test_other_opsets(opset: int):
     """The oldest opset the converters need (Split/Unsqueeze take tensors) and a newer one."""
     for name in EXPORTABLE:
         net, inputs = _build(name)
-        model, _, _ = net_to_onnx(net, opset=opset)
+        model, _, _ = net_to_onnx(net, opset=opset, dynamic_batch=False)
         assert model.opset_import[0].version == opset
         got = run_onnx(model, inputs)
         with torch.no_grad():

@@ -1,4 +1,5 @@
-"""Inference-only speed-up: fold Caffe's Convolution -> BatchNorm -> Scale chains into the conv.
+"""Inference-only speed-up: fold Caffe's Convolution (or InnerProduct) -> BatchNorm -> Scale
+chains into the convolution.
 
 With global statistics, BatchNorm and the following Scale are a per-channel affine map, so
     W' = W * g / sqrt(var + eps),   b' = (b - mean) * g / sqrt(var + eps) + beta
@@ -12,8 +13,11 @@ from __future__ import annotations
 import torch
 
 from caffe_compat.net.builder import CaffeNet, Step
+from caffe_compat.net.layers.common import InnerProduct
 from caffe_compat.net.layers.normalization import BatchNorm, Scale
 from caffe_compat.net.layers.vision import Convolution
+
+Foldable = Convolution | InnerProduct
 
 
 def _in_place_on(step: Step, blob: str) -> bool:
@@ -29,15 +33,22 @@ def _bn_affine(bn: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     return inv, -mean * inv
 
 
+def _foldable(layer) -> bool:
+    """A layer whose top's axis 1 holds its outputs, one weight row (or column) and bias each."""
+    if isinstance(layer, Convolution):
+        return layer.channel_axis == 1
+    return isinstance(layer, InnerProduct) and layer.axis == 1
+
+
 def fold_batchnorm(net: CaffeNet) -> list[str]:
-    """Fold every Convolution followed in place by a global-stats BatchNorm (and optionally a
-    per-channel Scale) into the convolution; returns the names of the removed layers."""
+    """Fold every Convolution (or InnerProduct over axis 1) followed in place by a global-stats
+    BatchNorm (and optionally a per-channel Scale) into it; returns the names of the removed layers."""
     removed: list[str] = []
     steps = net.steps
     i = 0
     while i < len(steps):
         conv = steps[i].layer
-        if not isinstance(conv, Convolution) or conv.channel_axis != 1 or i + 1 >= len(steps):
+        if not _foldable(conv) or i + 1 >= len(steps):
             i += 1
             continue
         blob = steps[i].tops[0]
@@ -65,9 +76,10 @@ def fold_batchnorm(net: CaffeNet) -> list[str]:
     return removed
 
 
-def _fold_into(conv: Convolution, mult: torch.Tensor, offset: torch.Tensor) -> None:
+def _fold_into(conv: Foldable, mult: torch.Tensor, offset: torch.Tensor) -> None:
     weight = conv.blobs[0]
-    shape = (-1,) + (1,) * (weight.dim() - 1)
+    transposed = isinstance(conv, InnerProduct) and conv.transpose  # (K, num_output)
+    shape = (1, -1) if transposed else (-1,) + (1,) * (weight.dim() - 1)
     bias = conv.blobs[1].double() if conv.bias_term else torch.zeros_like(mult)
     with torch.no_grad():
         weight.copy_(weight.double() * mult.reshape(shape))

@@ -35,8 +35,37 @@ class Emit:
         return [self.g.tensor(b) for b in self.step.bottoms]
 
     def shape(self, i: int = 0) -> Shape:
-        """Bottom ``i``'s shape as the prototxt builds it (axis 0 may be dynamic in the graph)."""
+        """Bottom ``i``'s shape as the prototxt builds it (see :meth:`dynamic_axes`)."""
         return self.layer.bottom_shapes[i]
+
+    def dynamic_axes(self, i: int = 0) -> frozenset[int]:
+        """Axes of bottom ``i`` whose size follows the batch in a dynamic-batch export: a size
+        read from :meth:`shape` on one of them must come from the tensor instead (:meth:`dims`)."""
+        return self.g.dynamic.get(self.step.bottoms[i], frozenset())
+
+    def static(self, axes: Sequence[int], i: int = 0, why: str = "") -> None:
+        """Refuse a dynamic batch when one of ``axes`` of bottom ``i`` follows it."""
+        moving = sorted(set(axes) & self.dynamic_axes(i))
+        if moving:
+            raise CaffeCompatError(
+                f"layer '{self.name}' (type {self.step.type}) cannot follow a dynamic batch: {why or 'it needs'} "
+                f"the size of axis {moving[0]} of '{self.step.bottoms[i]}' fixed; export with --batch prototxt "
+                "or a fixed --batch N")
+
+    def dims(self, i: int, axes: Sequence[int]) -> str:
+        """An int64 1-D tensor of bottom ``i``'s sizes on ``axes``, read from the tensor at run time."""
+        shape = self.node("Shape", [self.bottom(i)])
+        return self.node("Gather", [shape, self.ints(f"axes{i}", axes)], axis=0)
+
+    def alias(self, i: int, tensor: str) -> None:
+        """Let top ``i`` be an existing tensor (no node): a plain edge in the graph."""
+        self._tops[i] = tensor
+
+    def reduce(self, op: str, x: str, axes: Sequence[int], keepdims: int = 1, top: int | None = None) -> Any:
+        """A Reduce* node over ``axes`` (an attribute before the opset that made it an input)."""
+        if op == "ReduceSum" or self.g.opset >= 18:
+            return self.node(op, [x, self.ints("axes", axes)], top=top, keepdims=keepdims)
+        return self.node(op, [x], top=top, axes=list(axes), keepdims=keepdims)
 
     def top(self, i: int = 0) -> str:
         """The tensor name top ``i`` must be written to."""

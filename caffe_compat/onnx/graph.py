@@ -15,6 +15,7 @@ from onnx import NodeProto, TensorProto, helper, numpy_helper
 
 from caffe_compat.net.builder import Step
 from caffe_compat.net.registry import Shape
+from caffe_compat.onnx.transform import InputTransform
 
 FLOAT_TYPES: dict[type, int] = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}
 
@@ -22,14 +23,18 @@ FLOAT_TYPES: dict[type, int] = {np.float32: TensorProto.FLOAT, np.float16: Tenso
 class OnnxGraph:
     """Collects what the converters emit; ``dtype`` is the compute type (float32 or float16).
 
-    ``batch``: the symbolic name of axis 0 of every graph input (dynamic batch), or None for
-    the prototxt's static shapes.
+    ``dynamic``: per Caffe blob, the axes whose size follows the batch (empty for a static
+    export); converters that write sizes into the graph must read them from the tensor there.
+    ``outputs``: the blobs that become graph outputs (they need a tensor of their own name).
     """
 
-    def __init__(self, dtype: type = np.float32, batch: str | None = None,
-                 last_writer: dict[str, str] | None = None, blob_names: set[str] | None = None) -> None:
+    def __init__(self, dtype: type = np.float32, last_writer: dict[str, str] | None = None,
+                 blob_names: set[str] | None = None, opset: int = 17,
+                 dynamic: dict[str, frozenset[int]] | None = None, outputs: set[str] | None = None) -> None:
         self.dtype = dtype
-        self.batch = batch
+        self.opset = opset
+        self.dynamic = dynamic or {}
+        self.outputs = outputs or set()
         self.nodes: list[NodeProto] = []
         self.initializers: list[TensorProto] = []
         self.inputs: list[Any] = []
@@ -83,16 +88,36 @@ class OnnxGraph:
 
     # ------------------------------------------------------------------ emitting
 
-    def add_input(self, blob: str, shape: Shape) -> None:
-        """A graph input (always float32) for a fed blob; cast to the compute type when needed."""
-        dims: list[int | str] = list(shape)
-        if self.batch and dims:
-            dims[0] = self.batch
+    def add_input(self, blob: str, shape: Shape, dims: Sequence[int | str] | None = None,
+                  transform: InputTransform | None = None) -> None:
+        """A graph input for a fed blob, ``dims`` its declared shape (symbols for dynamic axes).
+
+        Inputs are float32, or uint8 with a ``transform`` that says so; the transform's float32
+        ops run next, then a cast to the compute type when that is not float32.
+        """
         name = self.claim(blob)
-        self.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
+        elem = TensorProto.UINT8 if transform is not None and transform.uint8 else TensorProto.FLOAT
+        self.inputs.append(helper.make_tensor_value_info(name, elem, list(shape if dims is None else dims)))
+        if transform is not None and transform.changes_values:
+            name = self._transform(blob, name, transform)
         if self.dtype != np.float32:
             name = self.node("Cast", [name], name=f"{blob}/cast", to=FLOAT_TYPES[self.dtype])
         self.bind(blob, name, shape)
+
+    def _transform(self, blob: str, name: str, transform: InputTransform) -> str:
+        """Caffe's ``(pixel - mean) * scale`` in float32, after the cast and channel flip."""
+        if transform.uint8:
+            name = self.node("Cast", [name], f"{blob}/to_float", to=TensorProto.FLOAT)
+        if transform.channel_order == "rgb":  # Caffe nets take BGR
+            name = self.node("Gather", [name, self.ints(f"{blob}/bgr", [2, 1, 0])], f"{blob}/rgb_to_bgr", axis=1)
+        mean = transform.mean
+        if mean is not None:
+            array = mean if mean.ndim == 3 else mean.reshape(-1, 1, 1)
+            name = self.node("Sub", [name, self.const(f"{blob}/mean", array, np.float32)], f"{blob}/minus_mean")
+        if transform.scale != 1.0:
+            name = self.node("Mul", [name, self.const(f"{blob}/scale", np.float32(transform.scale), np.float32)],
+                             f"{blob}/times_scale")
+        return name
 
     def const(self, name: str, value: np.ndarray | Sequence[float] | float, dtype: Any = None) -> str:
         """A weight or constant; float arrays take the compute type unless ``dtype`` is given."""

@@ -1,4 +1,4 @@
-"""BatchNorm (statistics divided by Caffe's scale-factor blob, in float32), Scale and Bias."""
+"""BatchNorm (statistics divided by Caffe's scale-factor blob, in float32), Scale, Bias and MVN."""
 
 from __future__ import annotations
 
@@ -62,3 +62,21 @@ def bias(e: Emit) -> None:
     else:
         operand = _aligned(e, e.blob(0), e.blob(0).ndim)
     e.node("Add", [e.bottom(), operand], top=0)
+
+
+@add_converter("MVN")
+def mvn(e: Emit) -> None:
+    """(x - mean) / (std + eps) over each channel (each instance with ``across_channels``), the
+    variance taken of the centred values as the net's MVN layer does."""
+    layer = e.layer
+    axes = list(range(layer.instance_axes, len(e.shape())))
+    if not axes:  # one value per group: centred, it is 0
+        e.node("Sub", [e.bottom(), e.bottom()], top=0)
+        return
+    centred = e.node("Sub", [e.bottom(), e.reduce("ReduceMean", e.bottom(), axes)])
+    if not layer.normalize_variance:
+        e.node("Identity", [centred], top=0)
+        return
+    variance = e.reduce("ReduceMean", e.node("Mul", [centred, centred]), axes)
+    std = e.node("Add", [e.node("Sqrt", [variance]), e.const("eps", np.float32(layer.eps))])
+    e.node("Div", [centred, std], top=0)

@@ -59,6 +59,7 @@ def pooling(e: Emit) -> None:
     if layer.global_pooling:
         e.node("GlobalMaxPool" if layer.method == MAX else "GlobalAveragePool", [e.bottom()], top=0)
         return
+    e.static([2, 3], why="its window arithmetic needs")
     kernel = list(layer.kernel)
     out = layer.top_shapes()[0][2:]  # Caffe's rounding and last-window rule
     plans = [_window_plan(size, k, p, s, o) for size, k, p, s, o in zip((h, w), kernel, layer.pad, layer.stride, out)]
