@@ -27,6 +27,7 @@ COMMANDS = {
     "workflow": "workflow",
     "demo": "demo",
     "export-onnx": "onnx", "predict": "onnx",
+    "export-torch": "onnx", "import-torch": "onnx",
 }
 
 

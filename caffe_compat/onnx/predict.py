@@ -8,6 +8,7 @@ give the net the pixels it saw in ``caffe test``.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -19,8 +20,11 @@ from caffe_compat.data.imageio import ImageReadError, hwc_to_chw, load_image
 from caffe_compat.data.transformer import DataTransformer, read_mean_file
 from caffe_compat.errors import CaffeCompatError, where
 from caffe_compat.net.registry import TEST
+from caffe_compat.onnx.transform import model_transform
 from caffe_compat.proto import caffe_pb2
 from caffe_compat.report import SCORE_MIN, expected_scores
+
+log = logging.getLogger(__name__)
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
@@ -56,10 +60,17 @@ def open_session(onnx_path: str | os.PathLike[str], providers: Sequence[str] | N
 
     if not os.path.isfile(onnx_path):
         raise CaffeCompatError(f"{where(onnx_path)}: no such ONNX model")
+    wanted = session_providers(providers)
     try:
-        return ort.InferenceSession(os.fspath(onnx_path), providers=session_providers(providers))
+        session = ort.InferenceSession(os.fspath(onnx_path), providers=wanted)
     except Exception as exc:  # onnxruntime raises its own exception types for every failure
         raise CaffeCompatError(f"{where(onnx_path)}: ONNX Runtime cannot load it: {str(exc).splitlines()[0]}") from exc
+    asked = PROVIDERS.get(providers[0].strip().lower(), "") if providers else ""  # the user's first choice
+    used = session.get_providers()[0]
+    if asked and used != asked:
+        hint = " (pip install 'caffe-compat[gpu]' for onnxruntime-gpu)" if asked == PROVIDERS["cuda"] else ""
+        log.warning("ONNX Runtime runs %s on %s: %s is not available here%s", where(onnx_path), used, asked, hint)
+    return session
 
 
 @dataclass(frozen=True)
@@ -150,18 +161,34 @@ def run_batches(session, batch: np.ndarray, output: str | None = None, batch_siz
     return np.concatenate(results).reshape(len(batch), -1)
 
 
-def predict(onnx_path: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]],
+def predict(onnx_path: str | os.PathLike[str] | None, images: Sequence[str | os.PathLike[str]],
             mean_file: str | os.PathLike[str] | None = None, *, mean_value: Sequence[float] = (),
-            scale: float = 1.0, resize: tuple[int, int] | None = None, crop_size: int | None = None,
+            scale: float | None = None, resize: tuple[int, int] | None = None, crop_size: int | None = None,
             providers: Sequence[str] | None = None, output: str | None = None, batch_size: int = 16,
-            progress: bool = False) -> np.ndarray:
-    """The net's output (``prob`` when it has one) for each image file, as an (N, K) array."""
+            progress: bool = False, session=None) -> np.ndarray:
+    """The net's output (``prob`` when it has one) for each image file, as an (N, K) array.
+
+    A model exported with its input transform (``export-onnx --mean_file ...`` or from a
+    train_val) says in its metadata how to resize and crop and takes raw pixels, so no
+    preprocessing flag is needed. ``session``: an engine to run instead of an ONNX Runtime
+    session of ``onnx_path`` (``caffe_compat.onnx.engines.TorchEngine``).
+    """
     if not images:
         raise CaffeCompatError("predict: no images given")
-    session = open_session(onnx_path, providers)
+    if session is None:
+        session = open_session(onnx_path, providers)
     _, shape = _net_input(session)
-    preprocess = Preprocess(mean_file, tuple(float(v) for v in mean_value), scale, resize, crop_size)
-    batch = load_batch(images, shape[1:], preprocess)
+    found = model_transform(session, onnx_path or "<engine>")
+    if found is None:
+        preprocess = Preprocess(mean_file, tuple(float(v) for v in mean_value), 1.0 if scale is None else scale,
+                                resize, crop_size)
+        return run_batches(session, load_batch(images, shape[1:], preprocess), output, batch_size, progress)
+    if mean_file is not None or len(mean_value) or scale is not None:
+        raise CaffeCompatError(f"{where(onnx_path or '<engine>')}: the model subtracts its mean and scales its "
+                               "input itself (its metadata says so): drop --mean_file/--mean_value/--scale")
+    transform = found[1]
+    preprocess = Preprocess(resize=resize or transform.resize, crop_size=crop_size or transform.crop_size or None)
+    batch = transform.model_input(load_batch(images, shape[1:], preprocess))
     return run_batches(session, batch, output, batch_size, progress)
 
 
