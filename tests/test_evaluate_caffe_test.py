@@ -81,7 +81,7 @@ def test_cli_report_gives_the_fixture_mae(in_test_fixture, tmp_path):
     data = json.loads((out / "report.json").read_text())
     assert data["metrics"]["mae"] == pytest.approx(10.338613, abs=1e-5)
     assert data["metrics"]["rmse"] == pytest.approx(12.001602, abs=1e-5)
-    assert data["batch_loss"] == pytest.approx([4.75373, 5.29693, 5.19962], rel=1e-5)
+    assert data["caffe_test"]["batch_loss"] == pytest.approx([4.75373, 5.29693, 5.19962], rel=1e-5)
 
 
 def test_missing_weights_is_one_clear_line(in_test_fixture):
@@ -117,4 +117,5 @@ def test_report_needs_prob_or_softmax_loss(in_test_fixture, tmp_path):
     run = CliRunner().invoke(main, ["test", "--model", str(model), "--weights", "weights.caffemodel",
                                     "--iterations", "1", "--report", str(tmp_path / "r")])
     assert run.exit_code == 1
-    assert "no blob 'prob'" in run.output and "Traceback" not in run.output
+    assert "no Softmax, SoftmaxWithLoss or one-output EuclideanLoss" in run.output and "Traceback" not in run.output
+    assert not (tmp_path / "r").exists()

@@ -23,7 +23,7 @@ COMMANDS = {
     "convert-imageset": "data", "compute-image-mean": "data",
     "forward": "net", "compare": "net", "time": "net",
     "train": "train", "plot-log": "train",
-    "test": "evaluate",
+    "test": "evaluate", "report": "evaluate",
     "workflow": "workflow",
     "demo": "demo",
     "export-onnx": "onnx", "predict": "onnx",

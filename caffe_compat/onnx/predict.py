@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -22,7 +22,8 @@ from caffe_compat.errors import CaffeCompatError, where
 from caffe_compat.net.registry import TEST
 from caffe_compat.onnx.transform import model_transform
 from caffe_compat.proto import caffe_pb2
-from caffe_compat.report import SCORE_MIN, expected_scores
+from caffe_compat.progress import progress_bar
+from caffe_compat.report import SCORE_CLASSES, SCORE_MIN, expected_scores
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ PROVIDERS = {
     "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
     "rocm": "ROCMExecutionProvider", "dml": "DmlExecutionProvider", "coreml": "CoreMLExecutionProvider",
 }
-SCORE_CLASSES = 40  # the face-score nets: classes 0..39 are scores 60..99
 
 
 def session_providers(names: Sequence[str] | None) -> list[str]:
@@ -159,6 +159,56 @@ def run_batches(session, batch: np.ndarray, output: str | None = None, batch_siz
             part = np.concatenate([part, np.zeros((chunk - rows, *part.shape[1:]), part.dtype)])
         results.append(session.run([output], {name: part})[0][:rows])
     return np.concatenate(results).reshape(len(batch), -1)
+
+
+def run_records(session, records, preprocess: Preprocess = Preprocess(), output: str | None = None,
+                batch_size: int = 16, mirror: bool = False, progress: bool | None = None,
+                source: str | os.PathLike[str] = "<model>") -> tuple[np.ndarray, np.ndarray, str]:
+    """The net's output for every record of a source (``(CxHxW array, label)`` items, e.g. an
+    LMDB's datums, already resized), with Caffe's TEST transform (or the one in the model's
+    metadata); returns (outputs (N, K), labels, output name). ``mirror`` averages each output
+    with that of the horizontally mirrored input (test-time augmentation)."""
+    name, shape = _net_input(session)
+    outputs = [o.name for o in session.get_outputs()]
+    output = output or ("prob" if "prob" in outputs else outputs[0])
+    if output not in outputs:
+        raise CaffeCompatError(f"the net has no output '{output}'; outputs are {', '.join(outputs)}")
+    first, _ = records[0]
+    size = preprocess.resize or (int(first.shape[1]), int(first.shape[2]))
+    found = model_transform(session, source)
+    to_model = None
+    if found is not None:  # the model subtracts the mean and scales itself: give it cropped pixels
+        if preprocess.mean_file is not None or preprocess.mean_value or preprocess.scale != 1.0:
+            raise CaffeCompatError(f"{where(source)}: the model subtracts its mean and scales its input itself "
+                                   "(its metadata says so): drop --mean_file/--mean_value/--scale")
+        to_model = found[1].model_input
+        preprocess = Preprocess(crop_size=preprocess.crop_size or found[1].crop_size or None)
+    transformer, _ = replace(preprocess, resize=size).transformer(shape[1:])
+    chunk = shape[0] or batch_size
+    results, labels = [], []
+
+    def run(batch: np.ndarray, rows: int) -> np.ndarray:
+        feed = to_model(batch) if to_model is not None else batch
+        return session.run([output], {name: feed})[0][:rows].reshape(rows, -1).astype(np.float64)
+
+    bar = progress_bar(total=len(records), desc="predict", unit="image", shown=progress)
+    try:
+        for start in range(0, len(records), chunk):
+            rows = range(start, min(start + chunk, len(records)))
+            batch = np.zeros((chunk, *(int(d) for d in shape[1:])), np.float32)
+            for slot, index in enumerate(rows):
+                image, label = records[index]
+                transformer.apply(image, transformer.plan(image.shape[1], image.shape[2], None), out=batch[slot])
+                labels.append(float(label))
+            part = batch if shape[0] else batch[: len(rows)]
+            value = run(part, len(rows))
+            if mirror:
+                value = (value + run(np.ascontiguousarray(part[..., ::-1]), len(rows))) / 2
+            results.append(value)
+            bar.update(len(rows))
+    finally:
+        bar.close()
+    return np.concatenate(results), np.asarray(labels), output
 
 
 def predict(onnx_path: str | os.PathLike[str] | None, images: Sequence[str | os.PathLike[str]],

@@ -263,17 +263,18 @@ def demo_steps(out: Path, cfg: DemoConfig, echo: Callable[[str], None]) -> list[
         echo(f"loss curve: {out / 'train_loss.png'}")
 
     def test(ctx: dict[str, Any]) -> None:
-        from caffe_compat.evaluate import REPORT_BLOBS, run_test, write_test_report
+        from caffe_compat.evaluate import ReportOptions, run_test, write_test_report
         from caffe_compat.solver.caffe_log import CaffeLog
 
+        options = ReportOptions(progress=False)
         with open(out / "test.log", "w", encoding="utf-8") as stream:  # ~100 lines a batch: not for the terminal
             result = run_test(out / "train_val.prototxt", ctx["weights"], ctx["test_iter"],
-                              log=CaffeLog(stream=stream), keep=REPORT_BLOBS)
-        ctx["report"] = write_test_report(result, out / "report", out / "train_val.prototxt", ctx["weights"])
+                              log=CaffeLog(stream=stream), report=options, progress=False)
+        ctx["report"] = write_test_report(result, out / "report", out / "train_val.prototxt", ctx["weights"], options)
         metrics = json.loads((out / "report" / "report.json").read_text())["metrics"]
-        echo(f"test: loss {result.loss:.4f}, MAE {metrics['mae']:.2f} (always-the-mean baseline "
-             f"{metrics['mae_predict_mean']:.2f}), within 5 points {100 * metrics['within5_rate']:.0f}% "
-             f"(log: {out / 'test.log'})")
+        echo(f"test: loss {result.loss:.4f}, MAE {metrics['mae']:.2f} on {metrics['samples']} images (always-the-mean "
+             f"baseline {metrics['mae_predict_mean']:.2f}), {100 * metrics['exact_rate']:.0f}% exact, within 5 points "
+             f"{100 * metrics['within']['5']:.0f}% (log: {out / 'test.log'}; report: {ctx['report']})")
 
     def export(ctx: dict[str, Any]) -> None:
         attr(ONNX_EXPORT)(out / "deploy.prototxt", ctx["weights"], out / "model.onnx")

@@ -1,0 +1,144 @@
+"""``report.html`` (one self-contained page: every chart and thumbnail is a ``data:`` URI) and
+``report.md`` (the same tables, for a pull request or a wiki)."""
+
+from __future__ import annotations
+
+import html
+from typing import Callable, Sequence
+
+from caffe_compat.report.galleries import Gallery, caption
+from caffe_compat.report.predictions import Predictions
+
+CSS = """body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222;max-width:1200px}
+h1{font-size:1.5em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:2px 8px;text-align:right}
+th{background:#f4f4f4}td.l,th.l{text-align:left}.lead{font-size:1.15em}
+.charts img{margin:4px;border:1px solid #eee;vertical-align:top}
+.gallery{display:flex;flex-wrap:wrap;gap:8px}.card{width:124px;font-size:11px;text-align:center}
+.card img{width:112px;height:112px;object-fit:contain;background:#eee;display:block;margin:auto}
+.card .key{color:#777;word-break:break-all}.card .flags{color:#b04}.note{color:#666}"""
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None, digits: int = 4) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def summary_rows(metrics: dict) -> list[tuple[str, str]]:
+    """The headline numbers, in reading order."""
+    if metrics["mode"] == "classification":
+        return [("samples", str(metrics["samples"])), ("accuracy (top-1)", _pct(metrics["accuracy"])),
+                ("top-5 accuracy", _pct(metrics["top5_accuracy"]))]
+    rows = [("samples", str(metrics["samples"])), ("MAE", _num(metrics["mae"])), ("RMSE", _num(metrics["rmse"])),
+            ("Pearson r (PC)", _num(metrics["pearson"])), ("bias (mean error)", _num(metrics["bias"], 3)),
+            ("exact (rounded prediction = ground truth)", _pct(metrics["exact_rate"])),
+            ("within 1", _pct(metrics["within"]["1"])), ("within 5", _pct(metrics["within"]["5"])),
+            ("baseline MAE (always the mean ground truth)", _num(metrics["mae_predict_mean"]))]
+    if metrics["mode"] == "score":
+        rows += [("top-1 accuracy (argmax class)", _pct(metrics["top1_accuracy"])),
+                 ("top-5 accuracy", _pct(metrics["top5_accuracy"])), ("MAE of the argmax score", _num(metrics["mae_argmax"]))]
+        if "argmax_decode" in metrics:
+            other = metrics["argmax_decode"]
+            rows += [("argmax decode: MAE / exact / within 5",
+                      f"{other['mae']:.4f} / {_pct(other['exact_rate'])} / {_pct(other['within']['5'])}")]
+    return rows
+
+
+def lead(metrics: dict) -> str:
+    """The legacy report's sentence: "MAE 2.45, 52% exactly right, 84% within 5 points"."""
+    if metrics["mode"] == "classification":
+        return f"accuracy {_pct(metrics['accuracy'])}, top-5 {_pct(metrics['top5_accuracy'])} on {metrics['samples']} samples"
+    if metrics["mode"] == "score":
+        return (f"MAE {metrics['mae']:.4f} on {metrics['samples']} samples; {_pct(metrics['exact_rate'])} exactly "
+                f"right, {_pct(metrics['within']['5'])} within 5 points")
+    return (f"MAE {metrics['mae']:.4f}, RMSE {metrics['rmse']:.4f}, PC {_num(metrics['pearson'])} on "
+            f"{metrics['samples']} samples; {_pct(metrics['within']['5'])} within {5 * metrics['unit']:g}")
+
+
+def _tables(metrics: dict, flags: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table, shared by the HTML and the Markdown."""
+    out = []
+    if metrics["mode"] == "classification":
+        out.append(("Per class", ["class", "count", "predicted", "precision", "recall"],
+                    [[str(r["class"]), str(r["count"]), str(r["predicted"]), _pct(r["precision"]), _pct(r["recall"])]
+                     for r in metrics["per_class"]]))
+    else:
+        unit = metrics["unit"]
+        out.append(("Within k", ["k", *(f"{int(k) * unit:g}" for k in metrics["within"])],
+                    [["share", *(_pct(v) for v in metrics["within"].values())]]))
+        out.append(("Per class (ground truth)", ["class", "count", "MAE", "bias"],
+                    [[str(r["class"]), str(r["count"]), _num(r["mae"], 3), f"{r['bias']:+.3f}"]
+                     for r in metrics["per_class"]]))
+        out.append(("Score percentiles (a score of S is better than X% of the set)",
+                    ["percentile", "ground truth", "better than", "prediction", "better than"],
+                    [[f"{r['percentile']}%", f"{r['truth']:.3f}", _pct(r["truth_better_than"]),
+                      f"{r['prediction']:.3f}", _pct(r["prediction_better_than"])] for r in metrics["percentiles"]]))
+    if flags:
+        what = "error rate" if metrics["mode"] == "classification" else "mean |error|"
+        out.append(("Errors per quality flag", ["flag", "samples", f"{what} (flagged)", f"{what} (others)"],
+                    [[r["flag"], str(r["count"]), _num(r["mean_error"], 3), _num(r["mean_error_others"], 3)]
+                     for r in flags]))
+    return out
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    def cells(tag: str, values: Sequence[str]) -> str:
+        return "".join(f"<{tag}{' class=l' if i < left else ''}>{html.escape(v)}</{tag}>" for i, v in enumerate(values))
+
+    return ("<table><tr>" + cells("th", header) + "</tr>"
+            + "".join("<tr>" + cells("td", r) + "</tr>" for r in rows) + "</table>")
+
+
+def render_html(title: str, info: Sequence[tuple[str, str]], metrics: dict, charts: dict[str, tuple[str, str]],
+                flags: list[dict], galleries: Sequence[Gallery], pred: Predictions,
+                thumbnail: Callable[[int], str] | None, notes: Sequence[str]) -> str:
+    """The whole page; ``thumbnail(row)`` gives a row's picture as a data URI (None: no pictures)."""
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+             f"<style>{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
+             f"<p class=lead>{html.escape(lead(metrics))}</p>",
+             _html_table(["", ""], [list(r) for r in info], left=2),
+             "".join(f"<p class=note>{html.escape(n)}</p>" for n in notes),
+             "<h2>Summary</h2>", _html_table(["metric", "value"], [list(r) for r in summary_rows(metrics)])]
+    parts.append("<h2>Charts</h2><div class=charts>")
+    parts += [f'<img id="chart-{cid}" src="{uri}" alt="{html.escape(name)}" title="{html.escape(name)}">'
+              for cid, (name, uri) in charts.items()]
+    parts.append("</div>")
+    for name, header, rows in _tables(metrics, flags):
+        parts += [f"<h2>{html.escape(name)}</h2>", _html_table(header, rows)]
+    if galleries:
+        parts.append("<h2>Galleries</h2>")
+        if thumbnail is None:
+            parts.append("<p class=note>no pictures: the images' source is not available (give --source)</p>")
+    for gallery in galleries:
+        parts.append(f'<h3>{html.escape(gallery.title)} ({len(gallery.rows)})</h3><div class=gallery id="{gallery.id}">')
+        if not gallery.rows:
+            parts.append("<p class=note>none</p>")
+        for row in gallery.rows:
+            picture = f'<img src="{thumbnail(row)}" alt="{html.escape(pred.keys[row])}">' if thumbnail else ""
+            flags_text = ", ".join(pred.flags[row]) if pred.flags else ""
+            parts.append(f'<div class=card data-row="{row}">{picture}<div>{html.escape(caption(pred, row))}</div>'
+                         f'<div class=key>{html.escape(pred.keys[row])}</div>'
+                         f'<div class=flags>{html.escape(flags_text)}</div></div>')
+        parts.append("</div>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def render_markdown(title: str, info: Sequence[tuple[str, str]], metrics: dict, flags: list[dict],
+                    notes: Sequence[str]) -> str:
+    """report.md: the lead sentence and every table (charts and pictures are in report.html)."""
+
+    def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+        esc = [[v.replace("|", "\\|") for v in r] for r in [list(header), *rows]]
+        return ["| " + " | ".join(esc[0]) + " |", "|" + " --- |" * len(header), *("| " + " | ".join(r) + " |" for r in esc[1:])]
+
+    lines = [f"# {title}", "", lead(metrics), "", *table(["", ""], info), ""]
+    lines += [f"> {n}" for n in notes] + ([""] if notes else [])
+    lines += ["## Summary", "", *table(["metric", "value"], summary_rows(metrics)), ""]
+    for name, header, rows in _tables(metrics, flags):
+        lines += [f"## {name}", "", *table(header, rows), ""]
+    lines.append("Charts and the galleries of best and worst cases: report.html.")
+    return "\n".join(lines) + "\n"
