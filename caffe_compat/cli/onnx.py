@@ -14,6 +14,9 @@ from caffe_compat.errors import CaffeCompatError
 MAX_IMAGE_PIXELS = 1 << 28  # 16384 x 16384: one float32 colour image of it is 3 GiB already
 
 
+PHASES = {"TRAIN": 0, "TEST": 1}  # caffe.Phase values
+
+
 def _size(text: str | None, flag: str = "resize") -> tuple[int, int] | None:
     """"256" or "256,320" (height,width)."""
     if text is None:
@@ -152,11 +155,13 @@ def predict_command(onnx_path: str | None, engine: str, model: str | None, weigh
 @caffe_option("keys", type=click.Choice(["index", "torch"]), default="index", show_default=True,
               help="'index': '<layer>.<blob index>'; 'torch': '<layer>.weight' / '.bias' where Caffe's blobs are "
                    "a weight and a bias (see converters/README.md).")
-def export_torch_command(model: str, weights: str, output: str, keys: str) -> None:
+@caffe_option("phase", type=click.Choice(["TRAIN", "TEST"]), default="TEST", show_default=True,
+              help="Phase to build the net in (which layers exist).")
+def export_torch_command(model: str, weights: str, output: str, keys: str, phase: str) -> None:
     """Write a caffemodel's blobs as a name-keyed PyTorch state dict (safetensors, never pickle)."""
     from caffe_compat.net.torch_state import export_torch
 
-    click.echo(export_torch(model, weights, output, keys=keys))
+    click.echo(export_torch(model, weights, output, keys=keys, phase=PHASES[phase]))
 
 
 @main.command("import-torch")
@@ -169,10 +174,13 @@ def export_torch_command(model: str, weights: str, output: str, keys: str) -> No
 @caffe_option("template", type=click.Path(dir_okay=False),
               help="Write into this caffemodel's layout (layers, order, blob shapes) instead of Net::ToProto's.")
 @dual_option("allow-missing", is_flag=True, help="Blobs the state does not give keep their filler values.")
+@caffe_option("phase", type=click.Choice(["TRAIN", "TEST"]), default="TEST", show_default=True,
+              help="Phase to build the net in (Net::ToProto writes it into every layer).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .caffemodel to write.")
 def import_torch_command(model: str, state: str, mapping: str | None, template: str | None, allow_missing: bool,
-                         output: str) -> None:
+                         phase: str, output: str) -> None:
     """Write a .caffemodel from a PyTorch state dict keyed by layer name (or mapped onto them)."""
     from caffe_compat.net.torch_state import import_torch
 
-    click.echo(import_torch(model, state, output, mapping=mapping, template=template, allow_missing=allow_missing))
+    click.echo(import_torch(model, state, output, mapping=mapping, template=template, allow_missing=allow_missing,
+                            phase=PHASES[phase]))
