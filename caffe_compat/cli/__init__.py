@@ -9,13 +9,12 @@ gflags spellings (``-solver`` as well as ``--solver``).
 from __future__ import annotations
 
 import importlib
-import sys
 
 import click
 
 from caffe_compat.cli.glog import log_library_to_stderr
+from caffe_compat.cli.guard import one_line_errors
 from caffe_compat.cli.options import CaffeFlagsCommand
-from caffe_compat.errors import CaffeCompatError
 
 #: Subcommand -> the module of caffe_compat.cli that registers it on `main` when imported.
 COMMANDS = {
@@ -32,7 +31,7 @@ COMMANDS = {
 
 
 class _Group(click.Group):
-    """Turns CaffeCompatError into one clear line and a non-zero exit, never a traceback.
+    """Turns any failure into one clear line and a non-zero exit, never a traceback.
 
     Caffe's tool names (``convert_imageset``, ``compute_image_mean``) also work, so ported
     shell scripts only need ``caffe-compat`` put in front.
@@ -51,11 +50,8 @@ class _Group(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
-        try:
+        with one_line_errors():  # the one rule: success, or one error line (caffe_compat.cli.guard)
             return super().invoke(ctx)
-        except CaffeCompatError as exc:
-            click.echo(f"caffe-compat: error: {exc}", err=True)
-            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
