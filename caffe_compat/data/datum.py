@@ -9,6 +9,7 @@ or grey, like ``DataTransformer``.
 from __future__ import annotations
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from caffe_compat.io.wire import LENGTH_DELIMITED, VARINT, WireError, iter_fields, read_varint
 from caffe_compat.proto import caffe_pb2
@@ -33,8 +34,12 @@ def encoded_datum(data: bytes, label: int) -> bytes:
 
 
 def parse_datum(value: bytes) -> caffe_pb2.Datum:
+    """The Datum in ``value``; ValueError (located by callers) if it is not one."""
     datum = caffe_pb2.Datum()
-    datum.ParseFromString(value)
+    try:
+        datum.ParseFromString(value)
+    except DecodeError:
+        raise ValueError(f"not a Caffe Datum ({len(value)} bytes that do not parse as one)") from None
     return datum
 
 
@@ -53,7 +58,7 @@ def datum_array(datum: caffe_pb2.Datum, flag: int = IMREAD_UNCHANGED) -> np.ndar
     """The datum's pixels as CxHxW: uint8 for data/encoded datums, float32 for float_data.
 
     ValueError (caught and located by callers) for an undecodable or non-8-bit encoded image or
-    a data field whose size disagrees with channels*height*width.
+    a data field whose size disagrees with channels*height*width, or an empty datum.
     """
     if datum.encoded:
         from caffe_compat.data.imageio import decode_image, hwc_to_chw
@@ -66,6 +71,8 @@ def datum_array(datum: caffe_pb2.Datum, flag: int = IMREAD_UNCHANGED) -> np.ndar
         return hwc_to_chw(img)
     shape = (datum.channels, datum.height, datum.width)
     count = shape[0] * shape[1] * shape[2]
+    if count <= 0:
+        raise ValueError(f"empty datum: channels x height x width is {'x'.join(map(str, shape))}")
     data = datum.data  # every access copies the bytes: take them once
     if data:
         if len(data) != count:

@@ -17,6 +17,7 @@ Caffe's errors.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import logging
 import mmap
@@ -167,8 +168,8 @@ def _pixels(db, key: memoryview, value: memoryview) -> tuple[np.ndarray, bool]:
     view = raw_datum_view(value)
     if view is not None:
         return view[0], False
-    datum = parse_datum(bytes(value))
     try:
+        datum = parse_datum(bytes(value))
         return datum_array(datum, IMREAD_UNCHANGED), datum.encoded
     except ValueError as exc:
         raise CaffeCompatError(f"{where(db)}: datum '{_show(bytes(key))}': {exc}") from None
@@ -416,14 +417,22 @@ def _run_round(db, layout: RawLayout | _DecodedLayout, plan: _Round, sums: np.nd
     claims = _claims(parts)
     children = []
     ok = False
+    parent = os.getpid()
     try:
         for index in range(1, workers):
             pid = os.fork()
             if pid == 0:  # child: only sums (all its code is imported already); never returns to the caller
                 status = 1
                 try:
+                    watch = _die_with_parent(parent)
+
+                    def child_tick(n: int, index: int = index) -> None:
+                        done[index] = n
+                        if watch and os.getppid() != parent:
+                            os._exit(1)
+
                     status = 0 if _sum_part(db, layout, plan.entries, parts[index], start, rows[index],
-                                            lambda n, index=index: done.__setitem__(index, n), claims) else 1
+                                            child_tick, claims) else 1
                 finally:
                     os._exit(status)
             children.append(pid)
@@ -446,6 +455,23 @@ def _run_round(db, layout: RawLayout | _DecodedLayout, plan: _Round, sums: np.nd
     # exact either way: one non-zero term per pixel, or integers that stay below 2**24
     total = rows.sum(axis=0, dtype=np.float32)
     return total if plan.ordered else np.add(total, sums, out=total)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> bool:
+    """Make this forked worker end with ``parent``: after a SIGTERM or ``kill -9`` of
+    compute-image-mean its workers must not go on decoding. Linux sends them SIGKILL when the
+    parent dies (``PR_SET_PDEATHSIG``); elsewhere True asks the caller to watch ``getppid``."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        failed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0
+    except (OSError, AttributeError):  # not Linux: no prctl
+        failed = True
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+    return failed
 
 
 def _claims(parts: list[_Part]) -> int | None:

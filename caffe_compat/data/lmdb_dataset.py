@@ -19,17 +19,22 @@ import numpy as np
 
 from caffe_compat.data.datum import datum_array, parse_datum, raw_datum_view
 from caffe_compat.errors import CaffeCompatError, where
+from caffe_compat.io.lmdb_file import map_ended, map_started, read_meta
+from caffe_compat.proto import caffe_pb2
 
 
 class SharedEnv:
     """One process's read-only handle on one LMDB, closed as soon as nothing uses it."""
 
-    def __init__(self, env: lmdb.Environment) -> None:
+    def __init__(self, env: lmdb.Environment, path: Path) -> None:
         self.env = env
+        self.path = path
         self.pid = os.getpid()
+        map_started(path, "reading")
 
     def __del__(self) -> None:
         self.env.close()
+        map_ended(self.path)
 
 
 _OPEN: "weakref.WeakValueDictionary[tuple, SharedEnv]" = weakref.WeakValueDictionary()
@@ -42,9 +47,7 @@ def open_readonly(path: str | os.PathLike[str]) -> SharedEnv:
     """
     p = Path(path)
     data = p / "data.mdb"
-    if not data.is_file():
-        what = "does not exist" if not p.exists() else "is not an LMDB directory (no data.mdb)"
-        raise CaffeCompatError(f"{where(p)}: {what}")
+    read_meta(p)  # a truncated file would be mapped past its end: SIGBUS on the first read there
     st = data.stat()
     key = (os.path.realpath(p), st.st_dev, st.st_ino)
     shared = _OPEN.get(key)
@@ -56,7 +59,7 @@ def open_readonly(path: str | os.PathLike[str]) -> SharedEnv:
         env = lmdb.open(str(p), readonly=True, lock=False, meminit=False, max_readers=512)
     except lmdb.Error as exc:
         raise CaffeCompatError(f"{where(p)}: cannot open LMDB: {exc}") from None
-    shared = _OPEN[key] = SharedEnv(env)
+    shared = _OPEN[key] = SharedEnv(env, p)
     return shared
 
 
@@ -67,8 +70,11 @@ def iter_records(path: str | os.PathLike[str], buffers: bool = False) -> Iterato
     that consume each value at once (the mean), it saves copying every datum.
     """
     shared = open_readonly(path)
-    with shared.env.begin(buffers=buffers) as txn:
-        yield from txn.cursor()
+    try:
+        with shared.env.begin(buffers=buffers) as txn:
+            yield from txn.cursor()
+    except lmdb.Error as exc:
+        raise CaffeCompatError(f"{where(path)}: damaged LMDB: {exc}") from None
 
 
 def count_records(path: str | os.PathLike[str]) -> int:
@@ -93,8 +99,11 @@ class LMDBDataset:
         self.path = Path(path)
         self.flag = flag
         shared = open_readonly(self.path)
-        with shared.env.begin() as txn:
-            keys = list(txn.cursor().iternext(keys=True, values=False))
+        try:
+            with shared.env.begin() as txn:
+                keys = list(txn.cursor().iternext(keys=True, values=False))
+        except lmdb.Error as exc:
+            raise CaffeCompatError(f"{where(self.path)}: damaged LMDB: {exc}") from None
         self._key_blob = b"".join(keys)
         self._key_ends = np.cumsum([len(k) for k in keys], dtype=np.int64)
         self._shared: SharedEnv | None = None
@@ -126,7 +135,10 @@ class LMDBDataset:
             self._txn = self._shared.env.begin(buffers=True)
             self._pid = os.getpid()
         key = self.key(index)
-        value = self._txn.get(key)
+        try:
+            value = self._txn.get(key)
+        except lmdb.Error as exc:
+            raise self._error(index, f"damaged LMDB: {exc}") from None
         if value is None:
             raise CaffeCompatError(f"{where(self.path)}: key {key!r} vanished")
         return value
@@ -142,12 +154,22 @@ class LMDBDataset:
         fast = raw_datum_view(value)
         if fast is not None:
             return fast
-        datum = parse_datum(bytes(value))
+        datum = self.datum(index, value)
         try:
             return datum_array(datum, self.flag), datum.label
         except ValueError as exc:
-            key = self.key(index).decode("utf-8", "backslashreplace")
-            raise CaffeCompatError(f"{where(self.path)}: datum '{key}': {exc}") from None
+            raise self._error(index, exc) from None
+
+    def datum(self, index: int, value: memoryview | None = None) -> caffe_pb2.Datum:
+        """The parsed Datum at ``index``; an error naming its key if it is not one."""
+        try:
+            return parse_datum(bytes(self._view(index) if value is None else value))
+        except ValueError as exc:
+            raise self._error(index, exc) from None
+
+    def _error(self, index: int, exc: Exception | str) -> CaffeCompatError:
+        key = self.key(index).decode("utf-8", "backslashreplace")
+        return CaffeCompatError(f"{where(self.path)}: record '{key}': {exc}")
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         image, label = self.borrow(index)

@@ -17,7 +17,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from caffe_compat.data.batches import CaffeBatches, batch_loader
-from caffe_compat.data.datum import parse_datum
 from caffe_compat.data.image_data import ImageListDataset
 from caffe_compat.data.lmdb_dataset import LMDBDataset
 from caffe_compat.data.transformer import DataTransformer
@@ -132,7 +131,7 @@ class Data(SourceDataLayer):
                 f"'{p.source}' is a LevelDB; only LMDB is supported (rebuild it with convert-imageset)")
         dataset = LMDBDataset(source, self.transformer.decode_flag)
         forced = self.param.transform_param.force_color or self.param.transform_param.force_gray
-        if forced and len(dataset) and not parse_datum(dataset.value(0)).encoded:
+        if forced and len(dataset) and not dataset.datum(0).encoded:
             log.warning(f"layer '{self.name}': force_color and force_gray only apply to encoded datums "
                         "(ignored, as in Caffe)")
         return dataset
