@@ -31,6 +31,7 @@ from caffe_compat.errors import CaffeCompatError, where
 from caffe_compat.progress import CaffeCountLog, bar_shown, progress_bar
 
 log = logging.getLogger(__name__)
+INT_MAX = 2**31 - 1
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -161,6 +162,12 @@ def convert_imageset(root_folder: str, list_file: str | os.PathLike[str], db_nam
     if options.backend.lower() != "lmdb":
         raise CaffeCompatError(f"--backend {options.backend}: not supported, only lmdb is (LevelDB is not)")
     target = Path(db_name)
+    channels = 1 if options.gray else 3
+    if options.resize_height > 0 and options.resize_width > 0 and \
+            channels * options.resize_height * options.resize_width > INT_MAX:
+        raise CaffeCompatError(
+            f"--resize_height {options.resize_height} --resize_width {options.resize_width}: a datum of "
+            f"{channels}x{options.resize_height}x{options.resize_width} values is past Caffe's blob limit (INT_MAX)")
     check_target(target, options.overwrite)
     listing: ImageList = read_list(list_file)
     for warning in filter(None, [_root_warning(root_folder), *listing.warnings]):

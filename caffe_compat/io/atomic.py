@@ -16,8 +16,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]
     """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
 
     On any exception the temporary file is removed and an existing ``path`` is untouched.
-    A missing or unwritable output folder, or ``path`` naming a folder, is a
-    :class:`CaffeCompatError` (one line) rather than an ``OSError`` traceback.
+    A missing or unwritable output folder, ``path`` naming a folder, or a write that fails (a
+    full disk) is a :class:`CaffeCompatError` naming ``path`` rather than an ``OSError``.
     """
     target = Path(path)
     if target.is_dir():
@@ -38,6 +38,13 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]
         # mkstemp makes 0600 files; give the result the mode a plain open() would (0666 & ~umask).
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if exc.filename not in (None, tmp):  # another file's problem, raised inside the block
+            raise
+        kept = "the previous file is kept" if target.exists() else "nothing written"
+        raise CaffeCompatError(f"{target}: cannot write the output: {exc.strerror or exc}; {kept}") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
