@@ -6,14 +6,20 @@ a body shorter than its Content-Length), a partial body is kept under a hidden t
 name and resumed with an HTTP Range request, and finished files are skipped on a rerun.
 A URL is either the media itself or an HTML page naming it (``og:video``, ``<video src>``,
 ``<source src>``); sites that need more register their own resolver with
-:func:`register_resolver`. Files are named ``<video id><ext>`` from the URL's id only:
-whatever the server sends (Content-Disposition included) can never choose a path.
+:func:`register_resolver`. Files are named ``<video id><ext>``: a ``video_id`` column must
+hold safe ids (letters, digits, ``_`` and ``-``), and whatever the server sends
+(Content-Disposition included) can never choose a path. Each attempt has an overall deadline
+(``max_time``, enforced by closing its connection), not only a per-read timeout, so a server
+dribbling a byte at a time cannot hang the run; an empty body is never recorded as done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,8 +33,8 @@ from urllib.parse import urljoin, urlsplit
 
 from tqdm import tqdm
 
-from caffe_compat.errors import CaffeCompatError
-from caffe_compat.workflow.media import VIDEO_EXTENSIONS, unique_video_ids
+from caffe_compat.errors import CaffeCompatError, where
+from caffe_compat.workflow.media import VIDEO_EXTENSIONS, is_safe_id, unique_video_ids
 from caffe_compat.workflow.tables import format_table, make_folder, read_csv, write_csv
 
 MANIFEST_FIELDS = ("row", "video_id", "url", "media_url", "status", "file", "bytes", "attempts", "error")
@@ -83,8 +89,9 @@ class DownloadOptions:
     jobs: int = 4
     retries: int = 3
     backoff: float = 1.0
-    timeout: float = 30.0
+    timeout: float = 30.0  # per network read (and connect)
     progress: bool = True
+    max_time: float = 1800.0  # per attempt, everything included
 
 
 @dataclass
@@ -140,19 +147,93 @@ def media_url_from_html(html: str, page_url: str) -> str | None:
     return None
 
 
+class _Watch:
+    """The sockets of one attempt, shut down when its deadline passes: a blocked read (or a
+    server sending a byte every few seconds, which no per-read timeout catches) then ends."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Watch":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            self._shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def check(self) -> None:
+        if self.expired:
+            raise _Retryable(f"gave up after {self.seconds:g} s (--max-time)")
+
+
+def _watched(base: type, watch: _Watch) -> type:
+    """``base`` (HTTPConnection or HTTPSConnection) handing its socket to ``watch`` on connect."""
+
+    class Watched(base):  # type: ignore[misc, valid-type]
+        def connect(self) -> None:
+            super().connect()
+            watch.add(self.sock)
+
+    return Watched
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watch: _Watch) -> None:
+        super().__init__()
+        self.connection = _watched(http.client.HTTPConnection, watch)
+
+    def http_open(self, req):
+        return self.do_open(self.connection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watch: _Watch) -> None:
+        super().__init__()
+        self.connection = _watched(http.client.HTTPSConnection, watch)
+
+    def https_open(self, req):
+        return self.do_open(self.connection, req, context=self._context)
+
+
 def _check_scheme(url: str) -> None:
     if urlsplit(url).scheme not in ("http", "https"):
         raise _Permanent(f"not an http(s) URL: {url!r}")
 
 
-def _open(url: str, timeout: float, offset: int = 0) -> http.client.HTTPResponse:
-    """GET ``url`` (from byte ``offset``), classifying failures as retryable or permanent."""
+def _open(url: str, timeout: float, watch: _Watch, offset: int = 0) -> http.client.HTTPResponse:
+    """GET ``url`` (from byte ``offset``) within ``watch``'s deadline, classifying failures as
+    retryable or permanent."""
     _check_scheme(url)
     headers = {"User-Agent": _USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+    opener = urllib.request.build_opener(_HTTPHandler(watch), _HTTPSHandler(watch))
     try:
-        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        return opener.open(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
         exc.close()
         if exc.code == 416 and offset:
@@ -161,8 +242,10 @@ def _open(url: str, timeout: float, offset: int = 0) -> http.client.HTTPResponse
             raise _Retryable(f"HTTP {exc.code} from {url}") from None
         raise _Permanent(f"HTTP {exc.code} from {url}") from None
     except urllib.error.URLError as exc:
+        watch.check()
         raise _Retryable(f"{exc.reason} ({url})") from None
     except (OSError, http.client.HTTPException) as exc:
+        watch.check()
         raise _Retryable(f"{type(exc).__name__}: {exc} ({url})") from None
 
 
@@ -171,11 +254,13 @@ def _is_html(response: http.client.HTTPResponse) -> bool:
     return kind in ("text/html", "application/xhtml+xml")
 
 
-def _read_text(response: http.client.HTTPResponse) -> str:
+def _read_text(response: http.client.HTTPResponse, watch: _Watch) -> str:
     try:
         data = response.read(_MAX_PAGE_BYTES)
     except (OSError, http.client.HTTPException) as exc:
+        watch.check()
         raise _Retryable(f"reading page failed: {exc}") from None
+    watch.check()
     return data.decode(response.headers.get_content_charset() or "utf-8", errors="replace")
 
 
@@ -188,10 +273,11 @@ def _extension(media_url: str, response: http.client.HTTPResponse) -> str:
 
 
 def finished_file(folder: Path, video_id: str) -> Path | None:
-    """The already-downloaded file of ``video_id`` in ``folder``, if any."""
+    """The already-downloaded file of ``video_id`` in ``folder``, if any (an empty one is not)."""
     for ext in VIDEO_EXTENSIONS:
-        if (folder / f"{video_id}{ext}").is_file():
-            return folder / f"{video_id}{ext}"
+        path = folder / f"{video_id}{ext}"
+        if path.is_file() and path.stat().st_size:
+            return path
     return None
 
 
@@ -210,9 +296,10 @@ class _Downloader:
         # Media URL found for a page on an earlier try of this run: a retry resumes it directly.
         self.resolved: dict[str, str] = {}
 
-    def fetch_text(self, url: str) -> str:
-        with _open(url, self.options.timeout) as response:
-            return _read_text(response)
+    def fetch_text(self, url: str, watch: _Watch) -> str:
+        """A page's text within an attempt's deadline (for resolvers)."""
+        with _open(url, self.options.timeout, watch) as response:
+            return _read_text(response, watch)
 
     def run(self, video_id: str, url: str) -> dict[str, str]:
         row = {"video_id": video_id, "url": url, "media_url": "", "file": "", "bytes": "", "error": ""}
@@ -239,21 +326,24 @@ class _Downloader:
                     "bytes": str(path.stat().st_size), "attempts": str(attempt)}
 
     def _attempt(self, video_id: str, url: str) -> tuple[str, Path]:
-        """One try: resolve the media URL, fetch it into the partial file, rename it when complete."""
+        """One try within ``max_time``: resolve the media URL, fetch it into the partial file,
+        rename it when complete."""
         partial = partial_file(self.folder, video_id)
         offset = partial.stat().st_size if partial.exists() else 0
-        media_url, response = self._open_media(video_id, url, offset)
-        self.resolved[video_id] = media_url
-        with response:
-            if _is_html(response):
-                raise _Permanent(f"{media_url} is an HTML page, not a video")
-            ext = _extension(media_url, response)
-            self._receive(response, partial, offset)
+        with _Watch(self.options.max_time) as watch:
+            media_url, response = self._open_media(video_id, url, offset, watch)
+            self.resolved[video_id] = media_url
+            with response:
+                if _is_html(response):
+                    raise _Permanent(f"{media_url} is an HTML page, not a video")
+                ext = _extension(media_url, response)
+                self._receive(response, partial, offset, watch)
         final = self.folder / f"{video_id}{ext}"
         os.replace(partial, final)
         return media_url, final
 
-    def _open_media(self, video_id: str, url: str, offset: int) -> tuple[str, http.client.HTTPResponse]:
+    def _open_media(self, video_id: str, url: str, offset: int,
+                    watch: _Watch) -> tuple[str, http.client.HTTPResponse]:
         """The media URL of ``url`` and an open response for it from byte ``offset``.
 
         Order: a URL resolved on an earlier try, a site's registered resolver, else one GET of
@@ -263,28 +353,29 @@ class _Downloader:
             media_url = self.resolved[video_id]
         elif (resolver := resolver_for(url)) is not None:
             try:
-                media_url = resolver(url, self.fetch_text)
+                media_url = resolver(url, lambda page: self.fetch_text(page, watch))
             except (_Retryable, _Permanent):
                 raise
             except Exception as exc:  # a plug-in's own failure names the URL, not a traceback
                 raise _Permanent(f"resolver for {url} failed: {exc}") from None
         else:
-            response = _open(url, self.options.timeout)
+            response = _open(url, self.options.timeout, watch)
             media_url = response.geturl()
             if not _is_html(response) and not offset:
                 return media_url, response
             if _is_html(response):
-                page = _read_text(response)
+                page = _read_text(response, watch)
                 found = media_url_from_html(page, media_url)
                 if found is None:
                     response.close()
                     raise _Permanent(f"page {url} names no video (no og:video, <video src> or <source src>)")
                 media_url = found
             response.close()
-        return media_url, _open(media_url, self.options.timeout, offset)
+        return media_url, _open(media_url, self.options.timeout, watch, offset)
 
-    def _receive(self, response: http.client.HTTPResponse, partial: Path, offset: int) -> None:
-        """Stream the body into ``partial`` (appending after a 206); a short body is retryable."""
+    def _receive(self, response: http.client.HTTPResponse, partial: Path, offset: int, watch: _Watch) -> None:
+        """Stream the body into ``partial`` (appending after a 206); a short or empty body, or
+        one still arriving at the deadline, is retryable."""
         if response.status == 206:
             if _range_start(response) != offset:
                 partial.unlink(missing_ok=True)
@@ -298,9 +389,11 @@ class _Downloader:
         with open(partial, mode) as handle:
             while True:
                 try:
-                    chunk = response.read(_CHUNK)
+                    chunk = response.read1(_CHUNK)  # what has arrived: the deadline is checked between reads
                 except (OSError, http.client.HTTPException) as exc:
+                    watch.check()
                     raise _Retryable(f"connection lost after {received} bytes: {exc}") from None
+                watch.check()
                 if not chunk:
                     break
                 handle.write(chunk)
@@ -309,6 +402,9 @@ class _Downloader:
             os.fsync(handle.fileno())
         if expected is not None and received < expected:
             raise _Retryable(f"truncated body: {received} of {expected} bytes")
+        if not received:
+            partial.unlink(missing_ok=True)
+            raise _Retryable("empty body (0 bytes)")
 
 
 def _range_start(response: http.client.HTTPResponse) -> int | None:
@@ -321,11 +417,22 @@ def _range_start(response: http.client.HTTPResponse) -> int | None:
 
 
 def read_url_rows(path: str | os.PathLike[str]) -> list[dict[str, str]]:
-    """Rows of a clean sheet (``url`` column; ``video_id`` and ``row`` used when present)."""
+    """Rows of a clean sheet (``url`` column; ``video_id`` and ``row`` used when present).
+
+    A given ``video_id`` names files, so it must be a safe id (see
+    :func:`caffe_compat.workflow.media.is_safe_id`): ``../x`` or ``/etc/x`` would write
+    outside the output folder.
+    """
     rows = read_csv(path, required=("url",))
     if rows and "video_id" not in rows[0]:
         for row, vid in zip(rows, unique_video_ids([r["url"] for r in rows])):
             row["video_id"] = vid
+    for number, row in enumerate(rows, start=2):
+        vid = row["video_id"]
+        if not is_safe_id(vid or ""):
+            raise CaffeCompatError(
+                f"{where(path, number)}: video_id {vid!r} cannot name a file (use only letters, digits, "
+                "'_' and '-', at most 128 characters; or drop the column to derive ids from the URLs)")
     return rows
 
 
@@ -339,6 +446,8 @@ def download_videos(
     """Download every URL of ``clean_csv`` into ``out_dir``; write the manifest (default ``out_dir/download_manifest.csv``)."""
     if options.jobs < 1:
         raise CaffeCompatError(f"--jobs must be at least 1, got {options.jobs}")
+    if not options.max_time > 0 or not options.timeout > 0:
+        raise CaffeCompatError(f"--timeout and --max-time must be positive, got {options.timeout}, {options.max_time}")
     rows = read_url_rows(clean_csv)
     folder = make_folder(out_dir)
     downloader = _Downloader(folder, options, sleep)

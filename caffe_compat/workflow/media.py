@@ -20,6 +20,7 @@ VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".flv", ".t
 # Query parameters that carry a video's id on common video sites (``watch?v=...``).
 _ID_PARAMS = ("id", "vid", "v", "video_id", "item_id", "aweme_id")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _MAX_ID_LEN = 64
 
 
@@ -31,6 +32,12 @@ def url_hash(url: str, length: int = 10) -> str:
 def sanitize_id(text: str) -> str:
     """Reduce ``text`` to a file-name-safe id (may return ``""``)."""
     return _UNSAFE.sub("-", text).strip("-.")[:_MAX_ID_LEN]
+
+
+def is_safe_id(text: str) -> bool:
+    """Whether ``text`` can name files as an id: only ``[A-Za-z0-9_-]``, so no ``/`` or ``..``
+    (up to 128 characters: a sanitised id plus a hash suffix fits)."""
+    return _SAFE_ID.fullmatch(text) is not None
 
 
 def video_id_from_url(url: str) -> str:
