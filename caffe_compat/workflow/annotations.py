@@ -6,25 +6,30 @@ because the score is "-" or unusable. Every dropped row is counted under its rea
 team can see what the data set lost, and unusable scores are reported by row number so the
 sheet can be fixed. Sheets may be CSV, TSV or XLSX (read with the standard library: an
 .xlsx file is a zip of XML parts), with the original Chinese headers or English ones.
+
+Nothing is lost silently: CSV quoting is strict (:func:`~caffe_compat.workflow.tables.parse_delimited`),
+a row with more filled cells than the header is dropped with a note naming it (an unquoted
+comma would shift its remark), and an .xlsx is read within Excel's limits (columns up to XFD,
+parts whose unpacked size is checked before unpacking, rows streamed from the XML).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import posixpath
+import re
 import unicodedata
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Sequence
 from xml.etree import ElementTree
 
 from caffe_compat.errors import CaffeCompatError, where
 from caffe_compat.workflow.media import unique_video_ids
-from caffe_compat.workflow.tables import format_table, write_csv
+from caffe_compat.workflow.tables import format_table, parse_delimited, read_table_bytes, write_csv
 
 # Remarks that mark a row as unusable, in the annotators' words (a remark containing one drops the row).
 DEFAULT_EXCLUDED_REMARKS = ("已删除", "未露脸", "多人出镜", "人脸不全", "疑似非本人作品")
@@ -49,6 +54,12 @@ REASON_NO_URL = "no url"
 REASON_NOT_NUMERIC = "score not numeric"
 REASON_OUT_OF_RANGE = "score out of range"
 REASON_DUPLICATE = "duplicate url"
+REASON_MALFORMED = "malformed row"
+
+# Excel's own limits: columns A..XFD, rows 1..1048576; and what we unpack of an .xlsx part.
+MAX_COLUMNS, MAX_ROWS = 16384, 1048576
+MAX_XLSX_PART_BYTES = 128 << 20
+_CELL_REF = re.compile(r"([A-Za-z]{1,3})([0-9]{1,7})")
 
 
 @dataclass(frozen=True)
@@ -93,7 +104,7 @@ def read_sheet(path: str | os.PathLike[str], sheet: str | None = None) -> list[t
 
 
 def _read_delimited(path: Path, delimiter: str) -> list[tuple[int, list[str]]]:
-    raw = path.read_bytes()
+    raw = read_table_bytes(path)
     # Chinese Excel exports CSV in GB18030 (GBK) unless told otherwise.
     for encoding in ("utf-8-sig", "gb18030"):
         try:
@@ -103,8 +114,7 @@ def _read_delimited(path: Path, delimiter: str) -> list[tuple[int, list[str]]]:
             continue
     else:
         raise CaffeCompatError(f"{path}: neither UTF-8 nor GB18030 text")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    return [(number, row) for number, row in enumerate(reader, start=1)]
+    return parse_delimited(text, delimiter, path)
 
 
 _RELS_NS = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
@@ -114,28 +124,58 @@ def _read_xlsx(path: Path, sheet: str | None) -> list[tuple[int, list[str]]]:
     try:
         with zipfile.ZipFile(path) as zf:
             target = _xlsx_sheet_part(zf, path, sheet)
-            strings = _xlsx_shared_strings(zf)
-            root = ElementTree.fromstring(zf.read(target))
-    except (zipfile.BadZipFile, KeyError, ElementTree.ParseError) as exc:
+            strings = _xlsx_shared_strings(zf, path)
+            with _xlsx_part(zf, target, path) as part:
+                return _xlsx_rows(part, strings, path)
+    except (zipfile.BadZipFile, KeyError, ElementTree.ParseError, EOFError, zlib.error,
+            NotImplementedError, RuntimeError) as exc:
         raise CaffeCompatError(f"{path}: not a readable .xlsx workbook ({exc})") from None
+
+
+def _xlsx_part(zf: zipfile.ZipFile, name: str, path: Path) -> IO[bytes]:
+    """An open part of the workbook, refused if it unpacks to more than we read (a zip bomb
+    claims a small size, but zipfile stops at the claimed size and fails its CRC check)."""
+    size = zf.getinfo(name).file_size
+    if size > MAX_XLSX_PART_BYTES:
+        raise CaffeCompatError(f"{path}: part {name} unpacks to {size / 2**20:,.0f} MiB "
+                               f"(at most {MAX_XLSX_PART_BYTES >> 20} MiB)")
+    return zf.open(name)
+
+
+def _xlsx_rows(part: IO[bytes], strings: list[str], path: Path) -> list[tuple[int, list[str]]]:
+    """The worksheet's rows, streamed: each row element is dropped once read."""
     rows = []
     next_row = 1
-    for row in root.iterfind(".//{*}row"):
-        number = int(row.get("r") or next_row)
+    for _, row in ElementTree.iterparse(part):
+        if row.tag.rsplit("}", 1)[-1] != "row":
+            continue
+        number = _bounded_int(row.get("r"), next_row, MAX_ROWS, path, "row number")
         next_row = number + 1
         cells: list[str] = []
-        for cell in row.iterfind(".//{*}c"):
+        for cell in row.iterfind("{*}c"):
             ref = cell.get("r")
-            col = _column_index(ref) if ref else len(cells)
+            col = _column_index(ref, path) if ref else len(cells)
+            if col >= MAX_COLUMNS:
+                raise CaffeCompatError(f"{where(path, number)}: more than {MAX_COLUMNS} cells in a row")
             cells.extend([""] * (col + 1 - len(cells)))
-            cells[col] = _xlsx_cell_text(cell, strings)
+            cells[col] = _xlsx_cell_text(cell, strings, path, ref or f"row {number}")
         rows.append((number, cells))
+        row.clear()
     return rows
+
+
+def _bounded_int(text: str | None, default: int, limit: int, path: Path, what: str) -> int:
+    if text is None:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= limit:
+        raise CaffeCompatError(f"{path}: {what} {text[:20]!r} is not a number from 1 to {limit}")
+    return int(text)
 
 
 def _xlsx_sheet_part(zf: zipfile.ZipFile, path: Path, sheet: str | None) -> str:
     """Zip member of the named (or first) worksheet, found through the workbook's relationships."""
-    workbook = ElementTree.fromstring(zf.read("xl/workbook.xml"))
+    with _xlsx_part(zf, "xl/workbook.xml", path) as part:
+        workbook = ElementTree.parse(part).getroot()
     sheets = list(workbook.iterfind(".//{*}sheet"))
     if not sheets:
         raise CaffeCompatError(f"{path}: workbook has no worksheet")
@@ -143,18 +183,24 @@ def _xlsx_sheet_part(zf: zipfile.ZipFile, path: Path, sheet: str | None) -> str:
     if chosen is None:
         names = ", ".join(s.get("name", "?") for s in sheets)
         raise CaffeCompatError(f"{path}: no worksheet named {sheet!r} (has {names})")
-    rels = ElementTree.fromstring(zf.read("xl/_rels/workbook.xml.rels"))
+    with _xlsx_part(zf, "xl/_rels/workbook.xml.rels", path) as part:
+        rels = ElementTree.parse(part).getroot()
     target = next((r.get("Target", "") for r in rels.iterfind(".//{*}Relationship") if r.get("Id") == chosen.get(_RELS_NS)), "")
     if not target:
         raise CaffeCompatError(f"{path}: worksheet {chosen.get('name')!r} has no part in the workbook")
     return target.lstrip("/") if target.startswith("/") else posixpath.normpath(posixpath.join("xl", target))
 
 
-def _xlsx_shared_strings(zf: zipfile.ZipFile) -> list[str]:
+def _xlsx_shared_strings(zf: zipfile.ZipFile, path: Path) -> list[str]:
     if "xl/sharedStrings.xml" not in zf.namelist():
         return []
-    root = ElementTree.fromstring(zf.read("xl/sharedStrings.xml"))
-    return [_rich_text(si) for si in root.iterfind(".//{*}si")]
+    strings = []
+    with _xlsx_part(zf, "xl/sharedStrings.xml", path) as part:
+        for _, node in ElementTree.iterparse(part):
+            if node.tag.rsplit("}", 1)[-1] == "si":
+                strings.append(_rich_text(node))
+                node.clear()
+    return strings
 
 
 def _rich_text(node: ElementTree.Element) -> str:
@@ -169,30 +215,39 @@ def _rich_text(node: ElementTree.Element) -> str:
     return "".join(parts)
 
 
-def _xlsx_cell_text(cell: ElementTree.Element, strings: list[str]) -> str:
+def _xlsx_cell_text(cell: ElementTree.Element, strings: list[str], path: Path, ref: str) -> str:
     kind = cell.get("t", "n")
     if kind == "inlineStr":
         inline = cell.find("{*}is")
         return _rich_text(inline) if inline is not None else ""
     value = cell.find("{*}v")
     text = value.text if value is not None and value.text is not None else ""
-    if kind == "s":
-        return strings[int(text)] if text else ""
+    if kind == "s" and text:
+        if not text.isdigit() or int(text) >= len(strings):
+            raise CaffeCompatError(f"{path}: cell {ref}: shared string {text[:20]!r} is not one of the "
+                                   f"workbook's {len(strings)}")
+        return strings[int(text)]
     if kind == "b":
         return "TRUE" if text == "1" else "FALSE"
     if kind == "n" and text:
-        number = float(text)
+        try:
+            number = float(text)
+        except ValueError:
+            raise CaffeCompatError(f"{path}: cell {ref}: {text[:20]!r} is marked as a number but is not one") from None
         return str(int(number)) if number.is_integer() else text
     return text
 
 
-def _column_index(ref: str) -> int:
-    """0-based column of a cell reference such as ``AB12``."""
+def _column_index(ref: str, path: Path) -> int:
+    """0-based column of a cell reference such as ``AB12`` (Excel's columns end at XFD)."""
+    match = _CELL_REF.fullmatch(ref)
+    if match is None:
+        raise CaffeCompatError(f"{path}: cell reference {ref[:20]!r} is not a column and a row such as 'B7'")
     index = 0
-    for ch in ref:
-        if not ch.isalpha():
-            break
-        index = index * 26 + (ord(ch.upper()) - ord("A") + 1)
+    for ch in match.group(1).upper():
+        index = index * 26 + (ord(ch) - ord("A") + 1)
+    if index > MAX_COLUMNS:
+        raise CaffeCompatError(f"{path}: cell {ref}: past Excel's last column XFD")
     return index - 1
 
 
@@ -246,9 +301,14 @@ def clean_annotations(
     missing_marks = {_fold(m) for m in options.missing_scores}
     result = CleanResult(rows=[], total=len(rows) - 1)
     seen_urls: set[str] = set()
+    # a CSV/TSV row with filled cells past the header's was split by an unquoted delimiter
+    width = len(rows[0][1]) if Path(sheet).suffix.lower() in (".csv", ".tsv", ".txt") else None
     for number, cells in rows[1:]:
         record = {name: (cells[i].strip() if i < len(cells) else "") for name, i in columns.items()}
         reason, message = _exclusion(record, options, missing_marks, seen_urls)
+        if width is not None and any(c.strip() for c in cells[width:]):
+            reason, message = REASON_MALFORMED, (f"{len(cells)} cells but the header has {width} (an unquoted "
+                                                 "',' in a cell?): row dropped")
         if reason is not None:
             result.excluded[reason] += 1
             if message:

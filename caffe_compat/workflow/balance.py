@@ -24,6 +24,9 @@ from caffe_compat.workflow.annotations import SCORE_MIN
 from caffe_compat.workflow.tables import format_table, make_folder, read_csv, write_csv
 
 NUM_CLASSES = 40
+#: Lines a list file may get: past any LMDB a disk holds (20M 256x256 images are about 4 TB), and
+#: the lists are built in memory (about 100 bytes a line) before they are shuffled.
+MAX_LIST_LINES = 20_000_000
 COUNT_FIELDS = ("label", "score", "videos", "train_videos", "val_videos",
                 "train_before", "val_before", "train_after", "val_after")
 
@@ -124,6 +127,17 @@ def resample(items: list[str], target: int, rng: random.Random) -> list[str]:
     return items * copies + rng.sample(items, remainder)
 
 
+def _check_list_sizes(classes: int, options: BalanceOptions) -> None:
+    """Refuse caps whose lists could not be held in memory, before building them (without
+    caps the lists are the manifest's frames, already in memory)."""
+    for flag, cap in (("--train-per-class", options.train_per_class), ("--val-per-class", options.val_per_class)):
+        lines = (cap or 0) * classes
+        if lines > MAX_LIST_LINES:
+            raise CaffeCompatError(
+                f"{flag} {cap}: {classes} classes x {cap:,} = {lines:,} list lines, more than the "
+                f"{MAX_LIST_LINES:,} a list may have")
+
+
 def balance_split(
     manifest: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -135,11 +149,15 @@ def balance_split(
     ROOTFOLDER to give ``convert-imageset``).
     """
     manifest = Path(manifest)
+    for flag, cap in (("--train-per-class", options.train_per_class), ("--val-per-class", options.val_per_class)):
+        if cap is not None and cap < 0:
+            raise CaffeCompatError(f"{flag} {cap}: must be 0 (no balancing) or more")
     videos = _read_frames(manifest, options)
     rng = random.Random(options.seed)
     by_label: dict[int, list[str]] = defaultdict(list)
     for vid in sorted(videos):
         by_label[videos[vid][0]].append(vid)
+    _check_list_sizes(len(by_label), options)
     train_part, val_part = options.ratio
     result = BalanceResult(root=manifest.parent)
     for label in range(options.num_classes):
