@@ -13,6 +13,7 @@ from caffe_compat.cli import main
 from caffe_compat.cli.options import CaffeFlagsCommand, caffe_option
 
 GFLAG_BOOL = {"is_flag": True, "default": False}
+INT_MAX = 2**31 - 1  # Caffe's flags are int32, and a blob holds at most INT_MAX values
 _TRUE, _FALSE = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
 
 
@@ -46,8 +47,10 @@ class _GflagsBoolCommand(CaffeFlagsCommand):
 @caffe_option("gray", help="Treat images as grayscale ones (IMREAD_GRAYSCALE).", **GFLAG_BOOL)
 @caffe_option("shuffle", help="Randomly shuffle the order of images and their labels.", **GFLAG_BOOL)
 @caffe_option("backend", default="lmdb", show_default=True, help="The backend for storing the result (lmdb only).")
-@caffe_option("resize_width", type=int, default=0, show_default=True, help="Width images are resized to.")
-@caffe_option("resize_height", type=int, default=0, show_default=True, help="Height images are resized to.")
+@caffe_option("resize_width", type=click.IntRange(0, INT_MAX), default=0, show_default=True,
+              help="Width images are resized to.")
+@caffe_option("resize_height", type=click.IntRange(0, INT_MAX), default=0, show_default=True,
+              help="Height images are resized to.")
 @caffe_option("check_size", help="Check that all the datums have the same size.", **GFLAG_BOOL)
 @caffe_option("encoded", help="Store the encoded image in the datum.", **GFLAG_BOOL)
 @caffe_option("encode_type", default="", help="Encoding for the images ('png', 'jpg', ...); implies --encoded.")

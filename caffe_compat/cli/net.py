@@ -78,8 +78,8 @@ def forward_command(model, weights, phase, stage, level, inputs, blobs, all_blob
 @main.command("compare")
 @click.argument("file_a", metavar="A.npz")
 @click.argument("file_b", metavar="B.npz")
-@caffe_option("atol", type=float, default=1e-5, show_default=True, help="Absolute tolerance.")
-@caffe_option("rtol", type=float, default=1e-5, show_default=True,
+@caffe_option("atol", type=click.FloatRange(min=0), default=1e-5, show_default=True, help="Absolute tolerance.")
+@caffe_option("rtol", type=click.FloatRange(min=0), default=1e-5, show_default=True,
               help="Tolerance relative to B's largest magnitude (B is the reference).")
 def compare_command(file_a, file_b, atol, rtol) -> None:
     """Per common blob: shape, max abs and max relative error; exit 1 past the tolerances."""

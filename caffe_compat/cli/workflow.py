@@ -63,15 +63,19 @@ def clean_annotations_cmd(sheet: str, output: str, exclude_remark: tuple[str, ..
 @click.argument("clean_csv", type=click.Path(dir_okay=False))
 @caffe_option("output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the videos.")
 @caffe_option("jobs", "-j", type=click.IntRange(min=1), default=4, show_default=True, help="Concurrent downloads.")
-@caffe_option("retries", default=3, show_default=True, help="Retries per URL on transient errors.")
-@caffe_option("backoff", default=1.0, show_default=True, help="First retry delay in seconds (doubles each retry).")
-@caffe_option("timeout", default=30.0, show_default=True, help="Network timeout in seconds.")
+@caffe_option("retries", type=click.IntRange(0, 100), default=3, show_default=True, help="Retries per URL on transient errors.")
+@caffe_option("backoff", type=click.FloatRange(0, 3600), default=1.0, show_default=True,
+              help="First retry delay in seconds (doubles each retry).")
+@caffe_option("timeout", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True,
+              help="Network timeout in seconds, per connect and read.")
+@caffe_option("max-time", type=click.FloatRange(0, min_open=True), default=1800.0, show_default=True,
+              help="Most seconds one download attempt may take, however slowly the server sends.")
 @caffe_option("manifest", default=None, type=click.Path(dir_okay=False), help="Manifest CSV (default OUTPUT/download_manifest.csv).")
 @progress_option()
 def download_videos_cmd(clean_csv: str, output: str, jobs: int, retries: int, backoff: float, timeout: float,
-                        manifest: str | None, progress: bool | None) -> None:
+                        max_time: float, manifest: str | None, progress: bool | None) -> None:
     """Download every URL of CLEAN_CSV, resuming partial files and skipping finished ones."""
-    options = DownloadOptions(jobs, retries, backoff, timeout, progress=want_progress(progress))
+    options = DownloadOptions(jobs, retries, backoff, timeout, progress=want_progress(progress), max_time=max_time)
     result = download_videos(clean_csv, output, options, manifest)
     _notices([f"row {r['row']} ({r['url']}): {r['error']}" for r in result.rows if r["status"] == "failed"])
     click.echo(result.table())
@@ -81,14 +85,17 @@ def download_videos_cmd(clean_csv: str, output: str, jobs: int, retries: int, ba
 @workflow.command("extract-frames")
 @click.argument("videos", type=click.Path())
 @caffe_option("output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the frames.")
-@caffe_option("every", default=50, show_default=True, help="Keep one frame in this many.")
-@caffe_option("max", "max_frames", default=10, show_default=True, help="At most this many frames per video.")
+@caffe_option("every", type=click.IntRange(min=1), default=50, show_default=True, help="Keep one frame in this many.")
+@caffe_option("max", "max_frames", type=click.IntRange(min=1), default=10, show_default=True,
+              help="At most this many frames per video.")
 @caffe_option("annotations", default=None, type=click.Path(dir_okay=False), help="Clean CSV giving each video's score.")
 @caffe_option("face", is_flag=True, help="Keep frames with exactly one face (OpenCV's Haar cascade unless --face-model).")
 @caffe_option("face-model", default=None, type=click.Path(dir_okay=False),
               help="Face detector model: a Haar cascade .xml or a YuNet .onnx (implies --face).")
-@caffe_option("crop-margin", default=None, type=float, help="Crop to the face, growing its box by this fraction per side.")
-@caffe_option("min-sharpness", default=None, type=float, help="Drop frames whose variance of Laplacian is below this.")
+@caffe_option("crop-margin", default=None, type=click.FloatRange(0, 10),
+              help="Crop to the face, growing its box by this fraction per side.")
+@caffe_option("min-sharpness", default=None, type=click.FloatRange(min=0),
+              help="Drop frames whose variance of Laplacian is below this.")
 @caffe_option("jobs", "-j", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="all cores",
               help="Videos decoded at once.")
 @progress_option()
@@ -125,8 +132,10 @@ def plot_distribution_cmd(source: str, output: str, label_offset: int, title: st
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @caffe_option("output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for train.txt, val.txt, counts.csv.")
 @caffe_option("ratio", default="5:1", show_default=True, help="Videos in train:val.")
-@caffe_option("train-per-class", default=1000, show_default=True, help="Train images per class (0: no balancing).")
-@caffe_option("val-per-class", default=200, show_default=True, help="Val images per class (0: no balancing).")
+@caffe_option("train-per-class", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Train images per class (0: no balancing).")
+@caffe_option("val-per-class", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Val images per class (0: no balancing).")
 @caffe_option("seed", default=0, show_default=True, help="Random seed for the split and sampling.")
 def balance_split_cmd(manifest: str, output: str, ratio: str, train_per_class: int, val_per_class: int, seed: int) -> None:
     """Split a frames MANIFEST by video and balance each class to an exact image count."""
