@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from caffe_compat.errors import CaffeCompatError
+from caffe_compat.io.arrays import is_npz, read_npy, read_npz
 from caffe_compat.io.atomic import atomic_write
 from caffe_compat.proto import caffe_pb2
 
@@ -35,16 +36,13 @@ def parse_input_specs(specs: Sequence[str]) -> dict[str, np.ndarray]:
             raise CaffeCompatError(f"--input '{spec}': expected NAME=FILE.npy")
         if name in inputs:
             raise CaffeCompatError(f"--input '{spec}': blob '{name}' is given twice")
-        try:
-            array = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise CaffeCompatError(f"{path}: cannot read a .npy array for input '{name}': no such file") from None
-        except (OSError, ValueError):
-            raise CaffeCompatError(f"{path}: cannot read a .npy array for input '{name}': not a .npy file") from None
-        if not isinstance(array, np.ndarray):
-            array.close()
+        if is_npz(path):
             raise CaffeCompatError(f"{path}: input '{name}' needs a single .npy array, not an .npz archive")
-        inputs[name] = array
+        try:
+            inputs[name] = read_npy(path)  # header checked first: no object arrays, no petabyte claims
+        except CaffeCompatError as exc:
+            reason = str(exc).removeprefix(f"{path}: ")
+            raise CaffeCompatError(f"{path}: cannot read a .npy array for input '{name}': {reason}") from None
     return inputs
 
 
@@ -169,18 +167,17 @@ def save_blobs(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -
 
 def load_blobs(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Blob name -> array from an .npz; a lone .npy has no blob names, so it is refused clearly."""
-    try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise CaffeCompatError(f"{os.fspath(path)}: not a readable .npz of blobs: no such file") from None
-    except (OSError, ValueError):
-        raise CaffeCompatError(f"{os.fspath(path)}: not a readable .npz of blobs: not an .npz file") from None
-    if isinstance(data, np.ndarray):
+    if not os.path.exists(path):
+        raise CaffeCompatError(f"{os.fspath(path)}: not a readable .npz of blobs: no such file")
+    if not is_npz(path):
+        try:
+            read_npy(path)
+        except CaffeCompatError:
+            raise CaffeCompatError(f"{os.fspath(path)}: not a readable .npz of blobs: not an .npz file") from None
         raise CaffeCompatError(
             f"{os.fspath(path)}: is a single .npy array without a blob name; compare needs an .npz "
             "(e.g. np.savez('ref.npz', prob=np.load('x.npy')))")
-    with data:
-        return {name: data[name] for name in data.files}
+    return read_npz(path)  # headers checked first: no object arrays, no petabyte claims
 
 
 @dataclass(frozen=True)
