@@ -32,6 +32,8 @@ from caffe_compat.io.solverstate import load_solverstate, write_solverstate
 from caffe_compat.proto import caffe_pb2
 
 SIDECAR_SUFFIX = ".resume.pt"
+#: What every sidecar holds (Solver._sidecar); more may follow (an ``ema`` state).
+SIDECAR_KEYS = frozenset({"format", "iter", "train_data", "test_data", "rng", "smoothing"})
 
 
 def snapshot_filename(prefix: str, iteration: int, extension: str) -> str:
@@ -121,6 +123,9 @@ def read_snapshot(path: str | os.PathLike[str]) -> SavedState:
         state = caffe_pb2.SolverState(iter=iteration, learned_net=learned_name, current_step=current_step)
     else:
         state, history = load_solverstate(path)
+    if state.iter < 0 or state.current_step < 0:
+        raise CaffeCompatError(f"{path}: iter {state.iter} and current_step {state.current_step} must be >= 0 "
+                               "(a damaged or hand-edited solverstate)")
     learned = _learned_net(path, state.learned_net) if state.learned_net else None
     sidecar = None
     side = sidecar_path(path)
@@ -129,6 +134,10 @@ def read_snapshot(path: str | os.PathLike[str]) -> SavedState:
             sidecar = torch.load(side, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable sidecar is reported as such
             raise CaffeCompatError(f"{side}: unreadable resume sidecar ({exc}); delete it to resume as Caffe would") from None
+        missing = SIDECAR_KEYS - set(sidecar) if isinstance(sidecar, dict) else SIDECAR_KEYS
+        if missing:
+            raise CaffeCompatError(f"{side}: damaged resume sidecar (no {', '.join(sorted(missing))}); "
+                                   "delete it to resume as Caffe would")
         if sidecar.get("iter") != state.iter:
             raise CaffeCompatError(
                 f"{side}: belongs to iteration {sidecar.get('iter')} but {path} is iteration {state.iter}; "

@@ -46,7 +46,7 @@ from caffe_compat.solver.caffe_log import CaffeLog, num
 from caffe_compat.solver.feeds import NetFeeder
 from caffe_compat.solver.lr_policy import LearningRatePolicy
 from caffe_compat.solver.signals import SignalHandler
-from caffe_compat.solver.snapshot import SavedState, read_snapshot, write_snapshot
+from caffe_compat.solver.snapshot import SavedState, read_snapshot, sidecar_path, write_snapshot
 from caffe_compat.solver.updates import CaffeUpdater
 
 
@@ -135,6 +135,11 @@ def read_solver_param(path: str | os.PathLike[str], options: TrainOptions) -> ca
         raise CaffeCompatError(f"{src}: average_loss must be >= 1 (got {sp.average_loss})")
     if sp.display < 0 or sp.snapshot < 0 or sp.test_interval < 0:
         raise CaffeCompatError(f"{src}: display, snapshot and test_interval must be >= 0")
+    if sp.max_iter < 0:
+        raise CaffeCompatError(f"{src}: max_iter must be >= 0 (got {sp.max_iter}): nothing would be trained")
+    if sp.iter_size < 1 or any(n < 0 for n in sp.test_iter):
+        raise CaffeCompatError(f"{src}: iter_size must be >= 1 and test_iter >= 0 "
+                               f"(got {sp.iter_size}, {list(sp.test_iter)})")
     return sp
 
 
@@ -410,7 +415,11 @@ class Solver:
         if self.average is not None:
             self.average.reset()
         if saved.sidecar is not None:
-            self._restore_sidecar(saved.sidecar)
+            try:
+                self._restore_sidecar(saved.sidecar)
+            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+                raise CaffeCompatError(f"{sidecar_path(path)}: damaged resume sidecar ({type(exc).__name__}: {exc}); "
+                                       "delete it to resume as Caffe would") from None
         return saved
 
     def _sidecar(self) -> dict[str, Any]:
