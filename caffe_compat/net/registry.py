@@ -158,6 +158,8 @@ def layer_class(param) -> type[Layer]:
     key = param.type
     if key == "Python":
         key = f"Python:{param.python_param.module}.{param.python_param.layer}"
+        if key not in LAYERS:  # pycaffe-style classes, imported from python_param.module
+            key = "Python"
     if key not in LAYERS:
         supported = ", ".join(sorted(k for k in LAYERS if not k.startswith("Python:")))
         raise CaffeCompatError(

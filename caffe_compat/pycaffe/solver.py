@@ -1,0 +1,107 @@
+"""pycaffe's solvers over the library's :class:`~caffe_compat.solver.solver.Solver`.
+
+``step``, ``solve``, ``snapshot`` and ``restore`` are the library's (the same log lines, losses,
+tests and snapshot files as ``caffe-compat train``). ``solver.net`` and ``solver.test_nets[i]``
+are pycaffe :class:`~caffe_compat.pycaffe.net.Net` views whose blobs hold the values of the last
+forward the solver ran, and whose own ``forward()`` reads the solver's data cursor, as Caffe's
+nets share their data layers with the solver. ``SGDSolver(path)``, ``AdamSolver(path)``, ...
+use their own update rule whatever the file's ``type``; ``get_solver(path)`` uses the file's.
+"""
+
+from __future__ import annotations
+
+import os
+
+from caffe_compat.io.prototxt import read_solver
+from caffe_compat.pycaffe import mode
+from caffe_compat.pycaffe.net import Net
+from caffe_compat.solver import distributed
+from caffe_compat.solver.solver import Solver as LibrarySolver
+from caffe_compat.solver.solver import TrainOptions
+
+
+class Solver:
+    """A solver built from a solver.prototxt on the current mode's device."""
+
+    solver_type: str | None = None  # the update rule this class stands for; None: the file's
+
+    def __init__(self, solver_file: str | os.PathLike[str]) -> None:
+        options = TrainOptions(progress=False, solver_type=self.solver_type)
+        self._solver = LibrarySolver(solver_file, options, rank=distributed.Rank(device=mode.device()))
+        self.net = Net._wrap(self._solver.net, self._solver.feeder)
+        self.test_nets = [Net._wrap(n, f) for n, f in zip(self._solver.test_nets, self._solver.test_feeders)]
+
+    @property
+    def iter(self) -> int:
+        return self._solver.iter
+
+    @property
+    def param(self):
+        """The SolverParameter in use (after Caffe's upgrades)."""
+        return self._solver.param
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the current iteration."""
+        return self._solver.lr_policy.rate(self._solver.iter)
+
+    def _sync(self) -> None:
+        for net in (self.net, *self.test_nets):
+            net._push_mirrors()
+
+    def step(self, iters: int) -> None:
+        """Caffe's Step: ``iters`` iterations (tests, display and snapshots as the solver says)."""
+        self._sync()
+        self._solver.step(int(iters))
+
+    def solve(self, resume_file: str | os.PathLike[str] | None = None) -> None:
+        """Train to ``max_iter`` (from ``resume_file``, a .solverstate, when given)."""
+        if resume_file is not None:
+            self.restore(resume_file)
+        self._sync()
+        self._solver.solve()
+
+    def restore(self, state_file: str | os.PathLike[str]) -> None:
+        self._solver.restore(os.fspath(state_file))
+
+    def snapshot(self) -> None:
+        self._sync()
+        self._solver.snapshot()
+
+    def apply_update(self) -> None:
+        """One update from the current parameter diffs (for hand-written training loops)."""
+        self._sync()
+        self._solver.updater.apply(self.lr, self._solver.iter)
+
+
+class SGDSolver(Solver):
+    solver_type = "SGD"
+
+
+class NesterovSolver(Solver):
+    solver_type = "Nesterov"
+
+
+class AdaGradSolver(Solver):
+    solver_type = "AdaGrad"
+
+
+class RMSPropSolver(Solver):
+    solver_type = "RMSProp"
+
+
+class AdaDeltaSolver(Solver):
+    solver_type = "AdaDelta"
+
+
+class AdamSolver(Solver):
+    solver_type = "Adam"
+
+
+_BY_TYPE = {cls.solver_type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,
+                                              AdaDeltaSolver, AdamSolver)}
+
+
+def get_solver(solver_file: str | os.PathLike[str]) -> Solver:
+    """The solver the file's ``type`` names (Caffe's ``get_solver``)."""
+    return _BY_TYPE.get(read_solver(solver_file).type, Solver)(solver_file)
