@@ -107,3 +107,52 @@ def test_train_val_net_exports_as_deploy_graph(nsfw_dir: Path, fixtures: Path, m
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     prob = session.run(["prob"], {"data": np.load(fixtures / "nsfw" / "crop_data.npy")})[0]
     np.testing.assert_allclose(prob, np.load(fixtures / "nsfw" / "crop_prob.npy"), rtol=0, atol=TOL)
+
+
+@pytest.fixture(scope="module")
+def baked_uint8(nsfw_dir: Path, tmp_path_factory) -> Path:
+    """Mean baked in, raw uint8 BGR input, BatchNorm folded into the convolutions."""
+    path = tmp_path_factory.mktemp("onnx") / "nsfw_u8.onnx"
+    result = export_onnx(nsfw_dir / "deploy.prototxt", nsfw_dir / "resnet_50_1by2_nsfw.caffemodel", path,
+                         mean_value=(104, 117, 123), input_uint8=True, fold_bn=True)
+    counts = result.node_counts()
+    assert counts["Conv"] == 53 and "BatchNormalization" not in counts and "Identity" not in counts
+    assert "folded 106 BatchNorm/Scale layer(s)" in result.summary()
+    return path
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_raw_uint8_bgr_pixels_with_the_mean_inside(baked_uint8: Path, fixtures: Path, batch: int):
+    """crop_data.npy + mean_value is the 224x224 uint8 crop Caffe's Data layer read: Caffe's crop_prob."""
+    pixels = np.load(fixtures / "nsfw" / "crop_data.npy") + np.array([104, 117, 123], np.float32)[:, None, None]
+    assert np.array_equal(pixels, np.round(pixels)) and pixels.min() >= 0 and pixels.max() <= 255
+    raw = np.repeat(pixels.astype(np.uint8), batch, axis=0)
+    session = ort.InferenceSession(str(baked_uint8), providers=["CPUExecutionProvider"])
+    prob = session.run(["prob"], {"data": raw})[0]
+    np.testing.assert_allclose(prob, np.repeat(np.load(fixtures / "nsfw" / "crop_prob.npy"), batch, axis=0),
+                               rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("fold_bn", [False, True])
+def test_float_pixels_with_the_mean_inside_at_batch_1_and_7(nsfw_dir: Path, fixtures: Path, tmp_path: Path,
+                                                             fold_bn: bool):
+    """input.npy + mean = the float pixels Caffe's prob.npy was computed from (rows cycled to 7)."""
+    path = tmp_path / "nsfw_mean.onnx"
+    export_onnx(nsfw_dir / "deploy.prototxt", nsfw_dir / "resnet_50_1by2_nsfw.caffemodel", path,
+                mean_value=(104, 117, 123), fold_bn=fold_bn)
+    pixels = np.load(fixtures / "nsfw" / "input.npy") + np.array([104, 117, 123], np.float32)[:, None, None]
+    expected = np.load(fixtures / "nsfw" / "prob.npy")
+    rows = [0, 1, 1, 0, 1, 0, 0]
+    np.testing.assert_allclose(_run(path, pixels[:1]), expected[:1], rtol=0, atol=TOL)
+    np.testing.assert_allclose(_run(path, pixels[rows]), expected[rows], rtol=0, atol=TOL)
+
+
+def test_predict_image_with_no_flags(nsfw_dir: Path, fixtures: Path, tmp_path: Path):
+    """Exported with --mean_value and --resize 256: predict on the JPEG gives Caffe's Data-layer prob."""
+    path = tmp_path / "nsfw_pred.onnx"
+    result = CliRunner().invoke(main, ["export-onnx", "--model", str(nsfw_dir / "deploy.prototxt"), "--weights",
+                                       str(nsfw_dir / "resnet_50_1by2_nsfw.caffemodel"), "-o", str(path),
+                                       "--mean_value", "104,117,123", "--resize", "256", "--input-uint8", "--fold-bn"])
+    assert result.exit_code == 0, result.output
+    prob = predict(path, [fixtures / "nsfw" / "img" / "synth_300x260.jpg"])
+    np.testing.assert_allclose(prob, np.load(fixtures / "nsfw" / "crop_prob.npy"), rtol=0, atol=TOL)

@@ -87,8 +87,8 @@ class InputTransform:
             crop_size = h
         if crop_size and (crop_size != h or crop_size != w):
             raise CaffeCompatError(f"crop_size {crop_size} does not give the net's {h}x{w} input")
-        return cls(mean, float(np.float32(scale)), order, uint8, tuple(resize) if resize else None, int(crop_size),
-                   source)
+        scale = float(str(np.float32(scale)))  # the float32 Caffe multiplies by, in its shortest decimal form
+        return cls(mean, scale, order, uint8, tuple(resize) if resize else None, int(crop_size), source)
 
     @classmethod
     def from_transform_param(cls, param, input_shape: Sequence[int], source_size: tuple[int, int] | None,
