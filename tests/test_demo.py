@@ -110,4 +110,23 @@ def test_tiny_demo_leaves_every_artefact(tmp_path, nsfw_dir):
     assert f"report: {out / 'report' / 'report.html'}" in lines
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["metrics"]["samples"] == sum(1 for _ in (out / "lists" / "val.txt").open())
+    check_demo_report(out / "report")
     assert "Iteration 2, loss" in (out / "train.log").read_text()
+
+
+def check_demo_report(folder):
+    """The demo's report.html: every picture embedded and non-empty, galleries of the right samples."""
+    import csv
+    import re
+
+    from test_evaluate_report import assert_self_contained
+
+    html = (folder / "report.html").read_text()
+    pictures = assert_self_contained(html)
+    cards = re.findall(r'<div class=card data-row="\d+">(<img[^>]*>)?', html)
+    assert cards and all(cards) and len(pictures) == len(cards) + html.count('id="chart-')
+    errors = {r["key"]: abs(float(r["prediction"]) - float(r["ground_truth"]))
+              for r in csv.DictReader((folder / "predictions.csv").open())}
+    galleries = json.loads((folder / "report.json").read_text())["galleries"]
+    assert errors[galleries["worst"][0]] == max(errors.values())
+    assert errors[(galleries["best0"] + galleries["best1"] + galleries.get("best", []))[0]] == min(errors.values())

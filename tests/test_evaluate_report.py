@@ -163,6 +163,8 @@ def test_galleries_show_the_smallest_and_largest_errors():
     assert galleries["worst"][:2] == (4, 6)  # 14 and 10 points off
     assert galleries["flag-blur"] == (1, 3) and galleries["flag-dark"] == (6,)
     assert caption(pred, 4) == "gt 74 / pred 60.0"
+    weak = {g.id: g.rows for g in select_galleries(replace(pred, prediction=truth + np.arange(7) + 3.0))}
+    assert weak["best0"] == weak["best1"] == () and weak["best"][0] == 0  # no error 0 or 1: the smallest anyway
 
 
 def test_write_report_writes_the_four_files_self_contained(tmp_path, fixtures):

@@ -72,6 +72,8 @@ def write_report(out_dir: str | os.PathLike[str], pred: Predictions, *, images=N
 
     info = list(info)
     notes = list(notes)
+    if pred.flags is not None and not flags:
+        notes.append(f"quality flags: none of the {len(pred)} samples is flagged")
     page = render_html(title, info, metrics, charts, flags, galleries, pred, thumbnail if images is not None else None,
                        notes)
     payload = {"title": title, "info": dict(info), "notes": notes, "metrics": metrics, "flags": flags,

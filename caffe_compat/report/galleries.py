@@ -1,8 +1,8 @@
 """Which samples the report shows as pictures: the legacy report's good and bad cases.
 
 Score and regression nets: the best cases with error 0 and error 1 (|prediction − truth|
-rounded to whole units; smallest errors first), the worst cases (largest first), and the
-worst cases of each quality flag. Classification nets: the most confident right and wrong
+rounded to whole units; smallest errors first; when there are none, the smallest errors
+whatever they are), the worst cases (largest first), and the worst cases of each quality flag. Classification nets: the most confident right and wrong
 answers, and the wrong ones of each flag.
 """
 
@@ -44,8 +44,10 @@ def select_galleries(pred: Predictions, size: int = GALLERY, per_flag: int = PER
         best = np.lexsort((np.arange(len(pred)), size_of_error))  # smallest error first, stable
         worst = np.lexsort((np.arange(len(pred)), -size_of_error))  # largest error first
         out = [Gallery("best0", "Best: error 0", tuple(int(i) for i in best if whole[i] == 0)[:size]),
-               Gallery("best1", "Best: error 1", tuple(int(i) for i in best if whole[i] == 1)[:size]),
-               Gallery("worst", "Worst cases", tuple(int(i) for i in worst[:size]))]
+               Gallery("best1", "Best: error 1", tuple(int(i) for i in best if whole[i] == 1)[:size])]
+        if not out[0].rows and not out[1].rows:  # a weak net: still show its best cases
+            out.append(Gallery("best", "Best cases (none within 1.5 units)", tuple(int(i) for i in best[:size])))
+        out.append(Gallery("worst", "Worst cases", tuple(int(i) for i in worst[:size])))
         flagged_rows = [int(i) for i in worst]
     for flag in sorted({f for flags in pred.flags or () for f in flags}):
         rows = tuple(i for i in flagged_rows if flag in pred.flags[i])[:per_flag]
