@@ -374,7 +374,7 @@ def test_python_loss_layer_equals_the_builtin_euclidean_loss(pyloss_module):
     np.testing.assert_allclose(py_grad, builtin.layer_by_name("ip").blobs[0].grad.numpy(), rtol=1e-5)
 
 
-def test_python_layer_with_learned_blob_trains_in_the_library_solver(pyloss_module):
+def test_python_layer_with_learned_blob_trains_in_the_library_solver(pyloss_module, monkeypatch):
     work = pyloss_module
     net_text = """name: "py"
 layer { name: "data" type: "DummyData" top: "x" dummy_data_param { shape { dim: 4 dim: 2 }
@@ -388,8 +388,7 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }
     (work / "net.prototxt").write_text(net_text)
     (work / "solver.prototxt").write_text('net: "net.prototxt"\nbase_lr: 0.05\nlr_policy: "fixed"\nmax_iter: 60\n'
                                           'display: 0\nsnapshot_after_train: true\nsnapshot_prefix: "py"\nrandom_seed: 2\n')
-    import os
-    os.chdir(work)
+    monkeypatch.chdir(work)
     result = Solver("solver.prototxt", TrainOptions(progress=False), log=CaffeLog(io.StringIO())).solve()
     learned = load_weights("py_iter_60.caffemodel")["scaled"][0]
     assert abs(float(learned[0]) - 3.0) < 0.1  # the Python layer's blob learned the target scale

@@ -9,9 +9,11 @@ gflags spellings (``-solver`` as well as ``--solver``).
 from __future__ import annotations
 
 import importlib
+import sys
 
 import click
 
+from caffe_compat.cli.busybox import busybox_args
 from caffe_compat.cli.glog import log_library_to_stderr
 from caffe_compat.cli.guard import one_line_errors
 from caffe_compat.cli.options import CaffeFlagsCommand
@@ -27,6 +29,8 @@ COMMANDS = {
     "demo": "demo",
     "export-onnx": "onnx", "predict": "onnx",
     "export-torch": "onnx", "import-torch": "onnx",
+    "device-query": "tools", "extract-features": "tools", "upgrade-solver-proto-text": "tools",
+    "convert-db": "tools", "link-tools": "tools",
 }
 
 
@@ -49,14 +53,20 @@ class _Group(click.Group):
             importlib.import_module(f"caffe_compat.cli.{COMMANDS[name]}")
         return super().get_command(ctx, name)
 
+    def main(self, args=None, prog_name=None, **extra):  # type: ignore[override]
+        """Busybox-style: run through a link named after a Caffe tool, act as that tool."""
+        if args is None:
+            args, prog_name = busybox_args(sys.argv)
+        return super().main(args, prog_name, **extra)
+
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         with one_line_errors():  # the one rule: success, or one error line (caffe_compat.cli.guard)
             return super().invoke(ctx)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help", "-help"]})
 @click.version_option(package_name="caffe-compat")
 def main() -> None:
     """Caffe's tools on PyTorch: read/write every Caffe file, build LMDBs, train, test, export."""
-    log_library_to_stderr()
+    log_library_to_stderr(click.get_current_context().info_name or "caffe-compat")
 

@@ -66,6 +66,11 @@ def read_net_text_raw(path: str | os.PathLike[str]) -> caffe_pb2.NetParameter:
     return parse_text(_read_text(path), caffe_pb2.NetParameter(), path)
 
 
+def read_solver_text_raw(path: str | os.PathLike[str]) -> caffe_pb2.SolverParameter:
+    """A SolverParameter exactly as written in the file (no upgrade), for upgrade tools."""
+    return parse_text(_read_text(path), caffe_pb2.SolverParameter(), path)
+
+
 def read_net(path: str | os.PathLike[str]) -> caffe_pb2.NetParameter:
     """Read a net prototxt; legacy V0/V1 nets come back in the current format."""
     return parse_net_text(_read_text(path), path)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from caffe_compat.data.batches import CaffeBatches, batch_loader
 from caffe_compat.data.image_data import ImageListDataset
+from caffe_compat.data.leveldb import LevelDBDataset, is_leveldb
 from caffe_compat.data.lmdb_dataset import LMDBDataset
 from caffe_compat.data.transformer import DataTransformer
 from caffe_compat.errors import CaffeCompatError
@@ -119,17 +120,17 @@ class SourceDataLayer(Layer):
 
 @register_layer("Data")
 class Data(SourceDataLayer):
-    """Datums from an LMDB (``data_param.source``), ``data_param.batch_size`` per forward."""
+    """Datums from an LMDB or LevelDB (``data_param.source``), ``data_param.batch_size`` per forward."""
 
     def make_source(self) -> Dataset:
         p = self.param.data_param
         if not p.source:
             raise CaffeCompatError("data_param.source is not set")
         source = Path(p.source)
-        if not (source / "data.mdb").exists() and (source / "CURRENT").exists():
-            raise CaffeCompatError(
-                f"'{p.source}' is a LevelDB; only LMDB is supported (rebuild it with convert-imageset)")
-        dataset = LMDBDataset(source, self.transformer.decode_flag)
+        if is_leveldb(source):
+            dataset = LevelDBDataset(source, self.transformer.decode_flag)
+        else:
+            dataset = LMDBDataset(source, self.transformer.decode_flag)
         forced = self.param.transform_param.force_color or self.param.transform_param.force_gray
         if forced and len(dataset) and not dataset.datum(0).encoded:
             log.warning(f"layer '{self.name}': force_color and force_gray only apply to encoded datums "

@@ -1,0 +1,70 @@
+"""Busybox-style tool names: invoked through a link named ``caffe``, ``convert_imageset``, ...,
+``caffe-compat`` acts as that Caffe tool, so ``TOOLS=./build/tools ./examples/.../create_*.sh``
+runs unchanged once the links exist (``caffe-compat link-tools build/tools``).
+
+``caffe`` takes Caffe's subcommands (``caffe train -solver ...``); every other name is one tool
+and takes that tool's arguments. Caffe's build also made ``<tool>.bin`` files; those names work.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from caffe_compat.errors import CaffeCompatError
+
+#: Caffe's tool binary -> the subcommand it runs ("" for ``caffe``, which takes subcommands).
+TOOLS = {
+    "caffe": "",
+    "convert_imageset": "convert-imageset",
+    "compute_image_mean": "compute-image-mean",
+    "upgrade_net_proto_text": "upgrade-net-proto-text",
+    "upgrade_net_proto_binary": "upgrade-net-proto-binary",
+    "upgrade_solver_proto_text": "upgrade-solver-proto-text",
+    "extract_features": "extract-features",
+    "device_query": "device-query",
+}
+
+
+def tool_name(argv0: str) -> str | None:
+    """The Caffe tool an ``argv[0]`` names (``/x/build/tools/caffe.bin`` -> ``caffe``), else None."""
+    name = os.path.basename(argv0)
+    if name.endswith(".bin"):
+        name = name[: -len(".bin")]
+    return name if name in TOOLS else None
+
+
+def busybox_args(argv: Sequence[str]) -> tuple[list[str], str | None]:
+    """The group's arguments and program name for a command line ``argv`` (argv[0] included)."""
+    tool = tool_name(argv[0]) if argv else None
+    args = list(argv[1:])
+    if tool is None:
+        return args, None
+    return ([TOOLS[tool]] if TOOLS[tool] else []) + args, tool
+
+
+def link_tools(folder: str | os.PathLike[str], target: str | None = None, force: bool = False) -> list[Path]:
+    """Symlinks named after Caffe's tools in ``folder``, pointing at the ``caffe-compat`` executable."""
+    target = target or shutil.which("caffe-compat") or (sys.argv[0] if tool_name(sys.argv[0]) is None else None)
+    if not target or not os.path.isfile(target):
+        raise CaffeCompatError("cannot find the caffe-compat executable to link to; pass --target")
+    target = os.path.abspath(target)
+    out = Path(folder)
+    if not out.is_dir():
+        raise CaffeCompatError(f"{out}: folder does not exist")
+    made = []
+    for name in TOOLS:
+        link = out / name
+        if link.is_symlink() and os.path.realpath(link) == os.path.realpath(target):
+            made.append(link)
+            continue
+        if link.exists() or link.is_symlink():
+            if not force:
+                raise CaffeCompatError(f"{link}: already exists (pass --force to replace it)")
+            link.unlink()
+        link.symlink_to(target)
+        made.append(link)
+    return made
