@@ -513,3 +513,35 @@ def test_net_spec_writes_lenet_as_pycaffe_does(tmp_path):
     assert [(lay.name, list(lay.top)) for lay in anonymous.layer] == [("Input1", ["Input1"]), ("ReLU1", ["ReLU1"])]
     (tmp_path / "net.prototxt").write_text(str(anonymous))
     assert caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST).blobs["ReLU1"].shape == (1, 2)
+
+
+def test_arrays_of_tensors_numpy_cannot_view_are_written_back_before_the_next_run(tmp_path):
+    """The GPU path on the CPU: a bf16 tensor (like a CUDA one) has no numpy view, so ``.data``
+    is a host copy that the next forward / backward / step pushes back into the tensor."""
+    (tmp_path / "fc.prototxt").write_text(FC_NET)
+    net = caffe.Net(str(tmp_path / "fc.prototxt"), caffe.TEST)
+    layer = net.torch_net.layer_by_name("fc")
+    layer.blobs[1].data = layer.blobs[1].data.to(torch.bfloat16)
+    bias = net.params["fc"][1].data
+    assert bias.dtype == np.float32 and not np.shares_memory(bias, layer.blobs[1].detach().float().numpy())
+    bias[...] = 3
+    net._push_mirrors()
+    assert layer.blobs[1].dtype == torch.bfloat16 and (layer.blobs[1] == 3).all()
+
+
+def test_data_layer_nets_read_successive_batches_and_reshape_propagates(fixtures, tmp_path, monkeypatch):
+    monkeypatch.chdir(lenet_workdir(fixtures, tmp_path))
+    net = caffe.Net("net.prototxt", "init.caffemodel", caffe.TEST)
+    ours = load_net("net.prototxt", TEST, weights="init.caffemodel")
+    for _ in range(3):
+        out = net.forward()
+        with torch.no_grad():
+            want = ours.forward()
+        np.testing.assert_array_equal(out["accuracy"], want["accuracy"].numpy())
+        np.testing.assert_array_equal(out["loss"], want["loss"].numpy())
+
+    (tmp_path / "fc.prototxt").write_text(FC_NET)
+    small = caffe.Net(str(tmp_path / "fc.prototxt"), caffe.TEST)
+    small.blobs["data"].reshape(4, 2, 6, 6)
+    small.reshape()
+    assert small.blobs["conv"].shape == (4, 3, 4, 4) and small.blobs["fc"].shape == (4, 5)
