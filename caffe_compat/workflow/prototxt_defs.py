@@ -252,15 +252,39 @@ def _data_layer(spec: DataSpec, phase: str) -> Msg:
                                   ("backend", Enum("LMDB"))]))
 
 
+#: Tasks: ``score40`` (the legacy 40 classes, score 60..99), ``scut`` (SCUT-FBP5500 regression
+#: of the 1..5 score with an L1 loss) and ``scut40`` (SCUT-FBP5500 scores as the legacy 40 classes).
+CLASS_TASKS = ("score40", "scut40")
+
+
 def _head(task: str, pool: str) -> tuple[list[Msg], str]:
     """The new output layer(s) for a task; returns (layers, output blob)."""
-    if task == "score40":
+    if task in CLASS_TASKS:
         return [_inner_product("fc40", pool, NUM_CLASSES)], "fc40"
     return [_inner_product("fc_score", pool, 1)], "fc_score"
 
 
+def _l1_loss(out: str) -> list[Msg]:
+    """mean |prediction - score| with BVLC layers only: the ×100 label scaled back (Power), shaped
+    like the (N, 1) prediction (Reshape), the difference (Eltwise SUM with coeff 1, -1), its
+    absolute value (AbsVal) and the batch mean (Reduction MEAN) as the loss. Unlike a squared
+    loss its gradient does not grow with the error, so a new head cannot blow up the first
+    iterations (EuclideanLoss with SGD diverged within 5), and the loss reads as the MAE."""
+    return [
+        _layer("label_score", "Power", ["label"], ["label_score"],
+               ("power_param", [("scale", 1.0 / REGRESSION_LABEL_SCALE)])),
+        _layer("label_column", "Reshape", ["label_score"], ["label_column"],
+               ("reshape_param", [("shape", [("dim", 0), ("dim", 1)])])),
+        _layer("residual", "Eltwise", [out, "label_column"], ["residual"],
+               ("eltwise_param", [("operation", Enum("SUM")), ("coeff", 1.0), ("coeff", -1.0)])),
+        _layer("abs_residual", "AbsVal", ["residual"], ["abs_residual"]),
+        _layer("loss", "Reduction", ["abs_residual"], ["loss"], ("loss_weight", 1.0),
+               ("reduction_param", [("operation", Enum("MEAN"))])),
+    ]
+
+
 def _losses(task: str, out: str) -> list[Msg]:
-    if task == "score40":
+    if task in CLASS_TASKS:
         return [
             _layer("prob", "Softmax", [out], ["prob"], _phase("TEST")),
             _layer("loss", "SoftmaxWithLoss", [out, "label"], ["loss"]),
@@ -268,11 +292,7 @@ def _losses(task: str, out: str) -> list[Msg]:
             _layer("accuracy_top5", "Accuracy", [out, "label"], ["accuracy_top5"], _phase("TEST"),
                    ("accuracy_param", [("top_k", 5)])),
         ]
-    return [
-        _layer("label_score", "Power", ["label"], ["label_score"],
-               ("power_param", [("scale", 1.0 / REGRESSION_LABEL_SCALE)])),
-        _layer("loss", "EuclideanLoss", [out, "label_score"], ["loss"]),
-    ]
+    return _l1_loss(out)
 
 
 def train_val(backbone: str, task: str = "score40", data: DataSpec = DataSpec()) -> str:
@@ -292,14 +312,14 @@ def deploy(backbone: str, task: str = "score40", crop_size: int = 224) -> str:
     data = _layer("data", "Input", [], ["data"], ("input_param", [
         ("shape", [("dim", 1), ("dim", 3), ("dim", crop_size), ("dim", crop_size)])]))
     layers = [data] + trunk + head
-    if task == "score40":
+    if task in CLASS_TASKS:
         layers.append(_layer("prob", "Softmax", [out], ["prob"]))
     return net_text(f"{net.net_name}_{task}", layers)
 
 
 @dataclass(frozen=True)
 class SolverSpec:
-    """The solver fields that differ between the committed recipe and the demo's short run."""
+    """The solver fields that differ between the committed recipes and the demo's short run."""
 
     net: str
     snapshot_prefix: str
@@ -311,27 +331,33 @@ class SolverSpec:
     display: int = 20
     snapshot: int = 2500
     solver_mode: str = "GPU"
+    type: str = "SGD"  # "Adam": momentum2 0.999 too
+    lr_policy: str = "step"  # "step" (gamma 0.1 every stepsize) or "poly" (power 1: linear to 0)
+    weight_decay: float = 0.0001
 
 
 def solver(spec: SolverSpec) -> str:
-    """An SGD solver with a step learning-rate policy and periodic snapshots."""
+    """A Caffe solver: SGD with a step policy (the legacy recipe) or Adam with a poly decay."""
     fields: Msg = [("net", spec.net)]
     if spec.test_iter:
         fields += [("test_iter", spec.test_iter), ("test_interval", spec.test_interval),
                    ("test_initialization", False)]
+    fields += [("base_lr", spec.base_lr), ("lr_policy", spec.lr_policy)]
+    if spec.lr_policy == "step":
+        fields += [("gamma", 0.1), ("stepsize", spec.stepsize)]
+    else:
+        fields += [("power", 1.0)]
+    fields += [("momentum", 0.9)]
+    if spec.type == "Adam":
+        fields += [("momentum2", 0.999)]
     fields += [
-        ("base_lr", spec.base_lr),
-        ("lr_policy", "step"),
-        ("gamma", 0.1),
-        ("stepsize", spec.stepsize),
-        ("momentum", 0.9),
-        ("weight_decay", 0.0001),
+        ("weight_decay", spec.weight_decay),
         ("display", spec.display),
         ("average_loss", spec.display),
         ("max_iter", spec.max_iter),
         ("snapshot", spec.snapshot),
         ("snapshot_prefix", spec.snapshot_prefix),
-        ("type", "SGD"),
+        ("type", spec.type),
         ("solver_mode", Enum(spec.solver_mode)),
         ("random_seed", 1701),
     ]
