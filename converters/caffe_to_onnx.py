@@ -2,7 +2,9 @@
 """Same as `caffe-compat export-onnx` (logic in caffe_compat.onnx.export).
 
     converters/caffe_to_onnx.py --model deploy.prototxt --weights w.caffemodel -o net.onnx [--opset 17]
-        [--batch dynamic|N] [--fp16]
+        [--batch dynamic|prototxt|N] [--dynamic-inputs data] [--fp16] [--fold-bn]
+        [--mean_file mean.binaryproto | --mean_value 104,117,123] [--scale 0.0125] [--input-format bgr|rgb]
+        [--input-uint8] [--resize 256] [--plugins mymodule] [--verify]
 """
 
 import sys
