@@ -19,8 +19,7 @@ import torch
 from caffe_compat.data.datum import datum_array, decode_flag
 from caffe_compat.errors import CaffeCompatError, where
 from caffe_compat.io.blob import read_binaryproto
-from caffe_compat.net.registry import TEST, TRAIN
-from caffe_compat.proto import caffe_pb2
+from caffe_compat.proto import TEST, TRAIN, caffe_pb2
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from caffe_compat.errors import CaffeCompatError
+from caffe_compat.proto import TEST, TRAIN  # noqa: F401  (re-exported: layers name phases from here)
 
 Shape = tuple[int, ...]
 
-TRAIN, TEST = 0, 1  # caffe.Phase values
 
 
 class Layer(nn.Module):
