@@ -274,10 +274,10 @@ def run_test(model: str | os.PathLike[str], weights: str | os.PathLike[str], ite
             collector = _Collector(step, output, mirror)
         per_pass = -(-len(step.layer.source) // step.layer.batch_size)
         iterations = iterations or per_pass
-    needed = set(net.output_names) | {b for s in net.steps for b in s.tops if b in keep}
-    if collector is not None:
-        needed |= {collector.output.blob}
+    needed = set(net.output_names) | ({collector.output.blob} if collector is not None else set())
     record = not needed <= {t for s in net.plan for t in s.tops}  # a blob inside a fused group
+    if keep:  # kept blobs may be derived from others (the softmax of a SoftmaxWithLoss input): hold all
+        needed = None
     result = TestRun(outputs=list(net.output_names), loss_weights=dict(net.loss_weights), kept={b: [] for b in keep})
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
     log.info("caffe.cpp:281", f"Running for {iterations} iterations.")

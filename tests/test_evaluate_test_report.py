@@ -265,3 +265,11 @@ def test_report_into_a_folder_that_is_a_file_writes_nothing(fx, tmp_path):
     run = CliRunner().invoke(main, ["test", "--model", "test.prototxt", "--weights", "weights.caffemodel",
                                     "--report", str(tmp_path / "taken"), "--no-face-flags"])
     assert run.exit_code != 0 and (tmp_path / "taken").read_text() == "keep me"
+
+
+def test_progress_bars_and_log_lines_share_stderr(fx, tmp_path):
+    run = CliRunner().invoke(main, ["test", "-model", "test.prototxt", "-weights", "weights.caffemodel",
+                                    "-iterations", "1", "--report", str(tmp_path / "r"), "--progress"])
+    assert run.exit_code == 0, run.output
+    assert re.search(r"test: 100%.*3/3", run.output) and re.search(r"quality flags: 100%.*12/12", run.output)
+    assert "caffe.cpp:309] Loss:" in run.output

@@ -106,8 +106,6 @@ def render_html(title: str, info: Sequence[tuple[str, str]], metrics: dict, char
     parts += [f'<img id="chart-{cid}" src="{uri}" alt="{html.escape(name)}" title="{html.escape(name)}">'
               for cid, (name, uri) in charts.items()]
     parts.append("</div>")
-    for name, header, rows in _tables(metrics, flags):
-        parts += [f"<h2>{html.escape(name)}</h2>", _html_table(header, rows)]
     if galleries:
         parts.append("<h2>Galleries</h2>")
         if thumbnail is None:
@@ -123,6 +121,8 @@ def render_html(title: str, info: Sequence[tuple[str, str]], metrics: dict, char
                          f'<div class=key>{html.escape(pred.keys[row])}</div>'
                          f'<div class=flags>{html.escape(flags_text)}</div></div>')
         parts.append("</div>")
+    for name, header, rows in _tables(metrics, flags):
+        parts += [f"<h2>{html.escape(name)}</h2>", _html_table(header, rows)]
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
