@@ -8,9 +8,7 @@ checks its numbers against the library (``load_net``, ``Solver``) or against rea
 from __future__ import annotations
 
 import io
-import shutil
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
