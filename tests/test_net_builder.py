@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -301,3 +302,15 @@ def test_run_with_keep_releases_dead_blobs() -> None:
     run = net.run(torch_inputs(), keep={"a", "c"})
     assert set(run.blobs) == {"a", "c"}
     assert set(net.run(torch_inputs()).blobs) == {"data", "a", "b", "c"}
+
+
+def test_float64_inputs_run_as_float32() -> None:
+    """torch.from_numpy(image - mean) is float64; Caffe's blobs are float32 (issue 14)."""
+    net = CaffeNet(parse_net_text(
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 3 dim: 3 } } }\n'
+        'layer { name: "c" type: "Convolution" bottom: "x" top: "c" '
+        'convolution_param { num_output: 2 kernel_size: 1 weight_filler { type: "constant" value: 1 } } }'))
+    x = np.arange(18, dtype=np.float64).reshape(1, 2, 3, 3) / 7
+    out = net({"x": torch.from_numpy(x)})["c"]
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy()[0, 0], (x[0, 0] + x[0, 1]).astype(np.float32), rtol=1e-6)

@@ -461,9 +461,10 @@ def _release_plan(steps: Sequence[Step]) -> list[tuple[str, ...]]:
 
 
 def _as_tensor(value) -> torch.Tensor:
-    """Caller inputs as tensors; numpy arrays become float32 like Caffe's blobs."""
+    """Caller inputs as tensors; numpy arrays and float64 tensors (what numpy's mean subtraction
+    gives) become float32 like Caffe's blobs."""
     if isinstance(value, torch.Tensor):
-        return value
+        return value.float() if value.dtype == torch.float64 else value
     return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
 
 
