@@ -313,4 +313,4 @@ def test_float64_inputs_run_as_float32() -> None:
     x = np.arange(18, dtype=np.float64).reshape(1, 2, 3, 3) / 7
     out = net({"x": torch.from_numpy(x)})["c"]
     assert out.dtype == torch.float32
-    np.testing.assert_allclose(out.numpy()[0, 0], (x[0, 0] + x[0, 1]).astype(np.float32), rtol=1e-6)
+    np.testing.assert_allclose(out.detach().numpy()[0, 0], (x[0, 0] + x[0, 1]).astype(np.float32), rtol=1e-6)
