@@ -274,3 +274,15 @@ def test_progress_bars_and_log_lines_share_stderr(fx, tmp_path):
     assert run.exit_code == 0, run.output
     assert re.search(r"test: 100%.*3/3", run.output) and re.search(r"quality flags: 100%.*12/12", run.output)
     assert "caffe.cpp:309] Loss:" in run.output
+
+
+def test_label_names_give_a_plain_classification_report(fx, tmp_path):
+    (tmp_path / "names.txt").write_text("".join(f"class {i}\n" for i in range(40)))
+    run = CliRunner().invoke(main, ["test", "-model", "test.prototxt", "-weights", "weights.caffemodel", "-iterations",
+                                    "1", "--report", str(tmp_path / "r"), "--labels", str(tmp_path / "names.txt")])
+    assert run.exit_code == 0, run.output
+    m = json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]
+    probs, labels = np.load(fx / "probs.npy"), np.load(fx / "labels.npy")
+    assert m["mode"] == "classification" and m["accuracy"] == np.mean(probs.argmax(1) == labels)
+    text = re.sub(r'"data:[^"]*"', "", (tmp_path / "r" / "report.html").read_text())  # the words, not the pictures
+    assert "human score" not in text and "MAE" not in text and "gt class 6 / pred class" in text
