@@ -23,7 +23,7 @@ from caffe_compat.net.registry import TEST
 from caffe_compat.onnx.transform import model_transform
 from caffe_compat.proto import caffe_pb2
 from caffe_compat.progress import progress_bar
-from caffe_compat.report import SCORE_CLASSES, SCORE_MIN, expected_scores
+from caffe_compat.data.scores import SCORE_CLASSES, SCORE_MIN, expected_scores
 
 log = logging.getLogger(__name__)
 

@@ -29,22 +29,11 @@ from typing import Sequence
 import numpy as np
 
 from caffe_compat.errors import CaffeCompatError, where
+from caffe_compat.data.scores import SCORE_CLASSES, SCORE_MIN
 
-SCORE_MIN = 60
-SCORE_CLASSES = 40  # the face-score nets: classes 0..39 are scores 60..99
 TOP_K = 5
 DECODES = ("expectation", "argmax", "both")
 MODES = ("score", "regression", "classification")
-
-
-def expected_scores(prob: np.ndarray, score_min: float = SCORE_MIN,
-                    values: np.ndarray | None = None) -> np.ndarray:
-    """Σ_k p_k·value_k per row of an (N, K) probability matrix (float64); values default to
-    ``score_min + k``."""
-    prob = np.asarray(prob, dtype=np.float64).reshape(len(prob), -1)
-    if values is None:
-        values = score_min + np.arange(prob.shape[1], dtype=np.float64)
-    return prob @ np.asarray(values, dtype=np.float64)
 
 
 @dataclass(frozen=True)
