@@ -152,5 +152,15 @@ def one_line_errors() -> Iterator[None]:
         except Exception as exc:  # noqa: BLE001 - the one place every other failure becomes a line
             if os.environ.get(_DEBUG):
                 raise
-            _fail(f"unexpected {type(exc).__name__}: {exc} (a bug in caffe-compat: please report it with "
-                  f"the command; {_DEBUG}=1 shows the traceback)")
+            _fail(_unexpected(exc))
+
+
+def _unexpected(exc: Exception) -> str:
+    """An exception no library code turned into a located error: what it most likely means."""
+    kind = type(exc)
+    if kind.__module__.split(".")[0] == "lmdb":
+        return f"damaged or unreadable LMDB ({kind.__name__}: {exc})"
+    if kind.__name__ == "DecodeError":
+        return f"a file is not the protobuf it should be ({exc})"
+    return (f"unexpected {kind.__name__}: {exc} (a bug in caffe-compat: please report it with the command; "
+            f"{_DEBUG}=1 shows the traceback)")

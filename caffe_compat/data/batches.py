@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from caffe_compat.data.transformer import CropPlan, DataTransformer
-from caffe_compat.errors import CaffeCompatError
+from caffe_compat.errors import CaffeCompatError, where
 
 
 class CaffeBatches(Dataset):
@@ -84,19 +84,27 @@ class CaffeBatches(Dataset):
             plans.append(self.transformer.plan(image.shape[1], image.shape[2], rng))
         return images, labels, plans
 
-    def _check_same_shape(self, images: Sequence[np.ndarray]) -> tuple[int, ...]:
+    def _check_same_shape(self, batch: int, images: Sequence[np.ndarray]) -> tuple[int, ...]:
         shape = images[0].shape
-        for image in images[1:]:
+        indices = self.record_indices(batch)
+        for index, image in zip(indices[1:], images[1:]):
             if image.shape != shape and not self.transformer.crop_size:
+                path = getattr(self.source, "path", None)
                 raise CaffeCompatError(
-                    f"records of one batch differ in shape ({shape} vs {image.shape}); "
+                    f"{f'{where(path)}: ' if path is not None else ''}records of one batch differ in shape: "
+                    f"{self._name(indices[0])} is {shape}, {self._name(index)} is {image.shape}; "
                     "set crop_size or resize them to one size"
                 )
         return self.transformer.output_shape(shape)
 
+    def _name(self, index: int) -> str:
+        """A record by its key where the source has keys (an LMDB), else by its position."""
+        key = getattr(self.source, "key", None)
+        return f"'{key(index).decode('utf-8', 'backslashreplace')}'" if key is not None else f"record {index}"
+
     def __getitem__(self, batch: int):
         images, labels, plans = self._load(batch)
-        out_shape = self._check_same_shape(images)
+        out_shape = self._check_same_shape(batch, images)
         label = torch.tensor(labels, dtype=torch.float32)
         if self.raw:
             if any(image.shape != images[0].shape for image in images):

@@ -85,12 +85,20 @@ class LMDBBuilder:
         os.umask(umask)
         os.chmod(self.tmp, 0o777 & ~umask)  # a normal directory once renamed, not mkdtemp's 0700
         map_started(self.tmp, "writing")
-        # writemap: values go straight into the map (a third of the CPU of a malloc'd copy);
-        # its crash-safety caveat does not matter for a DB that is only renamed once complete.
-        self.env = lmdb.open(str(self.tmp), map_size=map_size, subdir=True, meminit=False,
-                             map_async=True, sync=False, writemap=True)
-        self.page_size = self.env.stat()["psize"]
-        self.data_fd = os.open(self.tmp / "data.mdb", os.O_RDWR)
+        self.data_fd = -1
+        try:
+            # writemap: values go straight into the map (a third of the CPU of a malloc'd copy);
+            # its crash-safety caveat does not matter for a DB that is only renamed once complete.
+            self.env = lmdb.open(str(self.tmp), map_size=map_size, subdir=True, meminit=False,
+                                 map_async=True, sync=False, writemap=True)
+            self.page_size = self.env.stat()["psize"]
+            self.data_fd = os.open(self.tmp / "data.mdb", os.O_RDWR)
+        except BaseException:
+            if hasattr(self, "env"):
+                self.env.close()
+            map_ended(self.tmp)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         self.pending: list[tuple[bytes, bytes]] = []
         self.count = 0
 
@@ -209,7 +217,8 @@ def check_replaceable(target: Path) -> None:
 
 def check_target(target: Path, overwrite: bool) -> None:
     """Refuse an existing target (unless overwrite, and then only an LMDB) or an unwritable
-    parent before any work."""
+    parent before any work (after clearing what interrupted builds of it left)."""
+    remove_stale(target)
     if (target.exists() or target.is_symlink()) and not overwrite:
         raise CaffeCompatError(f"{where(target)}: already exists (pass --overwrite to replace it)")
     if target.exists() or target.is_symlink():
@@ -227,7 +236,6 @@ def build_lmdb(target: str | os.PathLike[str], overwrite: bool = False,
     """``with build_lmdb(path) as db: db.put(k, v)`` -- renamed into place only on success."""
     path = Path(target)
     check_target(path, overwrite)
-    remove_stale(path)
     try:
         builder = LMDBBuilder(path, map_size)
     except (OSError, lmdb.Error) as exc:

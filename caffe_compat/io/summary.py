@@ -21,6 +21,7 @@ import numpy as np
 from caffe_compat.errors import CaffeCompatError
 from caffe_compat.io.blob import blob_shape, read_binaryproto
 from caffe_compat.io.caffemodel import load_caffemodel
+from caffe_compat.io.lmdb_file import map_ended, map_started, read_meta
 from caffe_compat.io.prototxt import parse_text, read_solver, to_text
 from caffe_compat.io.solverstate import load_solverstate
 from caffe_compat.io.upgrade import upgrade_net_on_read
@@ -205,11 +206,23 @@ def lmdb_info(path: Path) -> LmdbInfo:
     """Scan every Datum of an LMDB (read-only, no lock file written)."""
     import lmdb
 
+    read_meta(path)  # a truncated data.mdb would be mapped past its end: SIGBUS on the first read there
     try:
         env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True)
     except lmdb.Error as exc:
         raise CaffeCompatError(f"{path}: cannot open as LMDB: {exc}") from None
-    with env, env.begin() as txn:
+    map_started(path, "reading")
+    try:
+        return _scan(path, env)
+    except lmdb.Error as exc:
+        raise CaffeCompatError(f"{path}: damaged LMDB: {exc}") from None
+    finally:
+        env.close()
+        map_ended(path)
+
+
+def _scan(path: Path, env) -> LmdbInfo:
+    with env.begin() as txn:
         total = txn.stat()["entries"]
         info = LmdbInfo(total, collections.Counter(), collections.Counter(), collections.Counter())
         datum = caffe_pb2.Datum()
