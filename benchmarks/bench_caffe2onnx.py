@@ -198,7 +198,9 @@ def fixture_cases() -> list[tuple[str, Path, Path, dict, dict, Path]]:
 
 
 def cell(o: Outcome) -> tuple[str, str, str, str]:
-    status = o.status + (f" ({o.detail})" if o.detail else "")
+    detail = o.detail.split(" failed:")[-1] if o.status == "unloadable" else o.detail  # drop the temp path
+    detail = detail if len(detail) <= 140 else detail[:137] + "..."
+    status = o.status + (f" ({detail})" if detail else "")
     error = "" if o.max_error is None else ("shape" if o.max_error == float("inf") else f"{o.max_error:.1e}")
     time_ = "" if o.seconds is None else f"{o.seconds:.2f} / {o.wall:.1f}"
     memory = "" if o.peak_mb is None else f"{o.peak_mb:.0f}"

@@ -6,9 +6,9 @@
   (CaffeNet with BatchNorm folded, channels_last, bf16 autocast with ``--bf16``,
   ``torch.compile(mode="reduce-overhead")`` at each fixed batch with ``--compile``), fed a uint8
   batch already on the device (its input transform runs there).
-- ``torchvision``: a hand-written torchvision ``resnet50`` (tests/torchvision_layout.py; v1.5,
-  the same module tree and arithmetic as torchvision's), channels_last, same autocast/compile,
-  fed a float batch already on the device.
+- ``torchvision``: torchvision's ``resnet50`` when torchvision is installed, else the
+  hand-written one of tests/torchvision_layout.py (v1.5, the same module tree and arithmetic),
+  channels_last, same autocast/compile, fed a float batch already on the device.
 
 Weights are the prototxt's fillers (speed does not depend on them). Prints one line per
 (engine, mode, batch): median latency of ``--iters`` timed calls after ``--warmup`` and images/s.
@@ -100,8 +100,18 @@ def bench_torch(args, deploy: Path, weights: Path, device: torch.device) -> None
             report("torch", mode, batch, timed(call, args.iters, args.warmup, device))
 
 
+def torchvision_resnet50() -> tuple[torch.nn.Module, str]:
+    try:
+        from torchvision.models import resnet50 as real
+    except ImportError:
+        return resnet50(num_classes=40), "torchvision-layout (hand-written)"
+    return real(num_classes=40), "torchvision"
+
+
 def bench_torchvision(args, device: torch.device) -> None:
-    model = resnet50(num_classes=40).to(device).eval().to(memory_format=torch.channels_last)
+    model, label = torchvision_resnet50()
+    print(f"torchvision: {label}")
+    model = model.to(device).eval().to(memory_format=torch.channels_last)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
     for compiled in compile_modes(args):
         forward = torch.compile(model, mode="reduce-overhead") if compiled else model
@@ -147,7 +157,12 @@ def main() -> None:
         write_caffemodel(weights, net.to_net_parameter())
         del net
         if "onnxruntime" in args.engines:
-            bench_onnxruntime(args, deploy, weights, Path(tmp))
+            try:
+                import onnxruntime  # noqa: F401
+            except ImportError:
+                print("onnxruntime: not installed (pip install onnxruntime, or onnxruntime-gpu for CUDA); skipped")
+            else:
+                bench_onnxruntime(args, deploy, weights, Path(tmp))
         if "torch" in args.engines:
             bench_torch(args, deploy, weights, device)
         if "torchvision" in args.engines:

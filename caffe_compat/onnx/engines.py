@@ -74,7 +74,10 @@ class TorchEngine:
         self.fixed = batch_size if compile else None
         net = CaffeNet(deploy_net_param(built.name, steps, {self.input_name: (self.fixed or shape[0], *shape[1:])}),
                        phase=TEST)
-        net.copy_from(weights)
+        report = net.copy_from(weights)
+        if report.initialised:
+            raise CaffeCompatError(f"{weights}: has no weights for layer(s) {', '.join(report.initialised[:5])} of "
+                                   f"{model}: weights of another net?")
         fold_batchnorm(net)
         net.eval().requires_grad_(False)
         self.transform = transform if transform is not None else InputTransform()

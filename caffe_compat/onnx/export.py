@@ -76,20 +76,6 @@ class ExportResult:
         return "\n".join(lines)
 
 
-def with_input_batch(net_param, batch: int):
-    """A copy whose Input layers feed ``batch`` items on axis 0 of every shape."""
-    if batch <= 0:
-        raise CaffeCompatError(f"--batch must be 'dynamic', 'prototxt' or a positive number, got {batch}")
-    copy = caffe_pb2.NetParameter()
-    copy.CopyFrom(net_param)
-    for layer in copy.layer:
-        if layer.type == "Input":
-            for shape in layer.input_param.shape:
-                if shape.dim:
-                    shape.dim[0] = batch
-    return copy
-
-
 def load_plugins(modules: Sequence[str]) -> None:
     """Import user modules that register layers (``register_layer``) and converters
     (``add_converter``): a module name importable from the current folder, or a .py file."""
