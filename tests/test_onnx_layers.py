@@ -112,9 +112,18 @@ def test_dynamic_batch_at_twice_the_batch(name: str):
     got = run_onnx(model, feeds)
     with torch.no_grad():
         want = big({k: torch.from_numpy(v) for k, v in feeds.items()})
+    caffe = np.load(LAYERS / name / "forward.npz")
+    halves = 0
     for blob, value in want.items():
         assert got[blob].shape == value.shape, (name, blob)
         np.testing.assert_allclose(got[blob], value.numpy(), rtol=TOL, atol=TOL, err_msg=f"{name}: {blob}")
+        # the batch is the fixture's twice over: each half is Caffe's own forward
+        half = caffe[blob].shape[0] if caffe[blob].ndim else 0
+        if half and got[blob].shape == (2 * half, *caffe[blob].shape[1:]):
+            halves += 1
+            for part in (got[blob][:half], got[blob][half:]):
+                np.testing.assert_allclose(part, caffe[blob], rtol=TOL, atol=TOL, err_msg=f"{name}: {blob} vs Caffe")
+    assert halves, name
 
 
 def test_only_batched_inputs_get_the_batch_symbol():
