@@ -16,6 +16,7 @@ clear error and the temporary directory is removed. ``--overwrite`` replaces onl
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -124,13 +125,16 @@ class LMDBBuilder:
                 need += 2 * (len(key) + len(value) + 16)
         used = (self.env.info()["last_pgno"] + 1) * page
         need = min(need, self.map_size - used)
-        if need > 0:
-            try:
-                os.posix_fallocate(self.data_fd, used, need)
-            except OSError as exc:
-                raise CaffeCompatError(
-                    f"{where(self.target)}: cannot write the database: {exc.strerror} "
-                    f"(needed {need:,} more bytes in {str(self.target.parent)!r}); nothing written") from None
+        if need <= 0 or not hasattr(os, "posix_fallocate"):  # macOS has none: pages fault in as they come
+            return
+        try:
+            os.posix_fallocate(self.data_fd, used, need)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                return  # a file system that cannot reserve space: write without reserving, as before
+            raise CaffeCompatError(
+                f"{where(self.target)}: cannot write the database: {exc.strerror} "
+                f"(needed {need:,} more bytes in {str(self.target.parent)!r}); nothing written") from None
 
     def commit(self) -> None:
         """Write the pending pairs in one transaction, doubling the map until they fit."""
