@@ -147,3 +147,24 @@ def test_torch_engine_flag_errors(test_set: Path, tmp_path: Path):
         result = runner.invoke(main, ["predict", "--engine", "torch", "--model", "test.prototxt", "--weights",
                                       str(tmp_path / "w.caffemodel"), "--gpu", "0", "images/face_000.png"])
         assert result.exit_code == 1 and "no CUDA device" in result.output
+
+
+def test_provider_fallback_is_one_warning_naming_the_provider_used(score_net, tmp_path: Path):  # noqa: F811
+    import onnxruntime as ort
+
+    deploy, weights, _ = score_net
+    export_onnx(deploy, weights, tmp_path / "n.onnx")
+    images = [str(p) for p in _images(tmp_path, 1)]
+    runner = CliRunner()
+    result = runner.invoke(main, ["predict", "--onnx", str(tmp_path / "n.onnx"), "--mean_value", "1", *images])
+    assert result.exit_code == 0 and "ExecutionProvider" not in result.output  # the default: no warning
+    result = runner.invoke(main, ["predict", "--onnx", str(tmp_path / "n.onnx"), "--mean_value", "1",
+                                  "--providers", "cuda,cpu", *images])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if "ExecutionProvider" in line]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warnings[0].startswith("W")
+        assert "on CPUExecutionProvider: CUDAExecutionProvider is not available here" in warnings[0]
+        assert "caffe-compat[gpu]" in warnings[0]
