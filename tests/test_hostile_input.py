@@ -305,14 +305,14 @@ def test_4_sigbus_in_a_mapped_file_is_one_line_naming_it(tmp_path):
     proc = script(f"""
         import mmap, os
         from caffe_compat.cli.guard import one_line_errors
-        from caffe_compat.io.lmdb_file import map_started
-        map_started({str(tmp_path)!r}, "reading")
+        from caffe_compat.io.mapped import map_started
+        map_started({str(tmp_path / 'f')!r}, "reading")
         with open({str(tmp_path / 'f')!r}, "r+b") as handle, one_line_errors():
             view = mmap.mmap(handle.fileno(), 100)
             os.truncate({str(tmp_path / 'f')!r}, 0)  # another process cut it short
             print(view[50])
     """)
-    proc_error(proc, f"{tmp_path / 'data.mdb'} (reading)", "bus error", "truncated")
+    proc_error(proc, f"{tmp_path / 'f'} (reading)", "bus error", "truncated")
 
 
 @pytest.mark.parametrize("reserve", ["posix_fallocate", "lmdb"])

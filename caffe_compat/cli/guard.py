@@ -8,9 +8,9 @@ instead of a traceback or a silent death:
   ``MemoryError`` says so;
 - SIGTERM and SIGHUP raise :class:`Terminated`, so ``finally`` blocks and ``except
   BaseException`` clean-ups (temporary files and LMDB folders) run before the exit;
-- SIGBUS, which LMDB's memory map raises when a mapped file is shorter than it claims (LMDB
-  files are checked before mapping, see :mod:`caffe_compat.io.lmdb_file`, so this is the last
-  resort), prints a line naming the mapped databases instead of dying silently;
+- SIGBUS, which a memory map raises when its file is shorter than it claims (LMDB files are
+  checked before mapping, see :mod:`caffe_compat.io.lmdb_file`, so this is the last resort),
+  prints a line naming the mapped files (:mod:`caffe_compat.io.mapped`) instead of a silent death;
 - any other exception is a bug: one line saying so (``CAFFE_COMPAT_DEBUG=1`` shows the
   traceback instead).
 """
@@ -47,7 +47,7 @@ def _raise_terminated(signum: int, frame) -> None:  # noqa: ARG001 - signal API
 
 
 def _bus_message() -> bytes:
-    from caffe_compat.io.lmdb_file import MAPPED
+    from caffe_compat.io.mapped import MAPPED
 
     files = ", ".join(f"{path} ({why})" for path, why in MAPPED.items()) or "a memory-mapped file"
     return (f"{PREFIX}{files}: bus error while accessing the memory map: the file is damaged or shorter "

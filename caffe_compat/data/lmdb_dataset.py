@@ -19,7 +19,8 @@ import numpy as np
 
 from caffe_compat.data.datum import datum_array, parse_datum, raw_datum_view
 from caffe_compat.errors import CaffeCompatError, where
-from caffe_compat.io.lmdb_file import map_ended, map_started, read_meta
+from caffe_compat.io.lmdb_file import read_meta
+from caffe_compat.io.mapped import map_ended, map_started
 from caffe_compat.proto import caffe_pb2
 
 
@@ -30,11 +31,11 @@ class SharedEnv:
         self.env = env
         self.path = path
         self.pid = os.getpid()
-        map_started(path, "reading")
+        map_started(path / "data.mdb", "reading")
 
     def __del__(self) -> None:
         self.env.close()
-        map_ended(self.path)
+        map_ended(self.path / "data.mdb")
 
 
 _OPEN: "weakref.WeakValueDictionary[tuple, SharedEnv]" = weakref.WeakValueDictionary()

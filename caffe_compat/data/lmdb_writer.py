@@ -29,7 +29,8 @@ from typing import Iterator
 import lmdb
 
 from caffe_compat.errors import CaffeCompatError, where
-from caffe_compat.io.lmdb_file import is_lmdb_folder, map_ended, map_started
+from caffe_compat.io.lmdb_file import is_lmdb_folder
+from caffe_compat.io.mapped import map_ended, map_started
 
 log = logging.getLogger(__name__)
 INITIAL_MAP_SIZE = 1 << 30
@@ -85,7 +86,7 @@ class LMDBBuilder:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(self.tmp, 0o777 & ~umask)  # a normal directory once renamed, not mkdtemp's 0700
-        map_started(self.tmp, "writing")
+        map_started(self.tmp / "data.mdb", "writing")
         self.data_fd = -1
         try:
             # writemap: values go straight into the map (a third of the CPU of a malloc'd copy);
@@ -97,7 +98,7 @@ class LMDBBuilder:
         except BaseException:
             if hasattr(self, "env"):
                 self.env.close()
-            map_ended(self.tmp)
+            map_ended(self.tmp / "data.mdb")
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
         self.pending: list[tuple[bytes, bytes]] = []
@@ -195,7 +196,7 @@ class LMDBBuilder:
         if self.data_fd >= 0:
             os.close(self.data_fd)
             self.data_fd = -1
-        map_ended(self.tmp)
+        map_ended(self.tmp / "data.mdb")
 
     def abort(self) -> None:
         self.close()

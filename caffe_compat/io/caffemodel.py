@@ -24,6 +24,7 @@ from caffe_compat.io.binary import parse_binary, strip_binary
 from caffe_compat.io.blob import blob_header, blob_shape, file_reader, has_legacy_dims, raw_values, stripped_blob_to_array
 from caffe_compat.io.hdf5 import MAGIC as HDF5_MAGIC
 from caffe_compat.io.hdf5 import is_hdf5, load_weights_hdf5
+from caffe_compat.io.mapped import map_ended, map_started
 from caffe_compat.io.upgrade import upgrade_net_on_read
 from caffe_compat.io.wire import BLOB, BLOB_DATA, BLOB_DOUBLE_DATA, LENGTH_DELIMITED, encode_key, encode_varint, iter_fields
 from caffe_compat.proto import caffe_pb2
@@ -78,23 +79,27 @@ def load_caffemodel(path: str | os.PathLike[str], upgrade: bool = True) -> tuple
         if handle.read(len(HDF5_MAGIC)) == HDF5_MAGIC:
             raise CaffeCompatError(f"{path}: an HDF5 weights file (.caffemodel.h5), not a binary {_KIND}; "
                                    "it loads as weights (-weights, copy_from) but holds no net definition")
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as buf:
-            skeleton, payloads = strip_binary(buf, caffe_pb2.NetParameter, _NET_BLOBS, path, _KIND)
-            try:
-                net = caffe_pb2.NetParameter.FromString(skeleton)
-            except DecodeError:
-                raise _locate_decode_error(memoryview(skeleton), path) from None
-            if upgrade:
-                upgrade_net_on_read(net, path)
-            read = file_reader(handle)
-            weights: Weights = {}
-            for layer in _layers_with_blobs(net):
-                arrays = [
-                    stripped_blob_to_array(blob, payloads, read, f"{path}: layer '{layer.name}' blob {i}")
-                    for i, blob in enumerate(layer.blobs)
-                ]
-                if arrays:
-                    weights[layer.name] = arrays
+        map_started(path, "reading")
+        try:
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as buf:
+                skeleton, payloads = strip_binary(buf, caffe_pb2.NetParameter, _NET_BLOBS, path, _KIND)
+                try:
+                    net = caffe_pb2.NetParameter.FromString(skeleton)
+                except DecodeError:
+                    raise _locate_decode_error(memoryview(skeleton), path) from None
+                if upgrade:
+                    upgrade_net_on_read(net, path)
+                read = file_reader(handle)
+                weights: Weights = {}
+                for layer in _layers_with_blobs(net):
+                    arrays = [
+                        stripped_blob_to_array(blob, payloads, read, f"{path}: layer '{layer.name}' blob {i}")
+                        for i, blob in enumerate(layer.blobs)
+                    ]
+                    if arrays:
+                        weights[layer.name] = arrays
+        finally:
+            map_ended(path)
     return net, weights
 
 

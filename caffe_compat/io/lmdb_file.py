@@ -3,9 +3,8 @@
 LMDB maps the file and trusts its meta pages: a ``data.mdb`` cut short (an interrupted copy,
 a full disk) is mapped past its end, and the first read there kills the process with SIGBUS
 instead of raising anything. Reading the two meta pages ourselves tells how long the file
-must be, so a truncated database is reported as truncated before LMDB touches it. The paths
-mapped at any time are kept in :data:`MAPPED` so that the CLI's last-resort SIGBUS handler
-can still name the file if one is damaged inside.
+must be, so a truncated database is reported as truncated before LMDB touches it (a file
+damaged inside can still fault: see :mod:`caffe_compat.io.mapped`).
 """
 
 from __future__ import annotations
@@ -24,9 +23,6 @@ _MIN_PAGE, _MAX_PAGE = 512, 65536
 # MDB_meta after the page header (64-bit LMDB): magic, version, address, mapsize, then two
 # MDB_db of 48 bytes (the free DB's md_pad is the page size), last_pg, txnid.
 _META = struct.Struct("<IIQQ" + "IHHQQQQQ" * 2 + "QQ")
-
-#: LMDB folders mapped in this process now (data.mdb path -> why: "reading" or "writing").
-MAPPED: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -105,12 +101,3 @@ def is_lmdb_folder(folder: str | os.PathLike[str]) -> bool:
     except CaffeCompatError:
         return False
     return True
-
-
-def map_started(folder: str | os.PathLike[str], why: str) -> None:
-    """Record that ``folder``'s data.mdb is mapped now, for ``why`` ("reading", "writing")."""
-    MAPPED[os.fspath(Path(folder) / "data.mdb")] = why
-
-
-def map_ended(folder: str | os.PathLike[str]) -> None:
-    MAPPED.pop(os.fspath(Path(folder) / "data.mdb"), None)

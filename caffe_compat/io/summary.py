@@ -21,7 +21,8 @@ import numpy as np
 from caffe_compat.errors import CaffeCompatError
 from caffe_compat.io.blob import blob_shape, read_binaryproto
 from caffe_compat.io.caffemodel import load_caffemodel
-from caffe_compat.io.lmdb_file import map_ended, map_started, read_meta
+from caffe_compat.io.lmdb_file import read_meta
+from caffe_compat.io.mapped import map_ended, map_started
 from caffe_compat.io.prototxt import parse_text, read_solver, to_text
 from caffe_compat.io.solverstate import load_solverstate
 from caffe_compat.io.upgrade import upgrade_net_on_read
@@ -211,14 +212,14 @@ def lmdb_info(path: Path) -> LmdbInfo:
         env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True)
     except lmdb.Error as exc:
         raise CaffeCompatError(f"{path}: cannot open as LMDB: {exc}") from None
-    map_started(path, "reading")
+    map_started(path / "data.mdb", "reading")
     try:
         return _scan(path, env)
     except lmdb.Error as exc:
         raise CaffeCompatError(f"{path}: damaged LMDB: {exc}") from None
     finally:
         env.close()
-        map_ended(path)
+        map_ended(path / "data.mdb")
 
 
 def _scan(path: Path, env) -> LmdbInfo:
