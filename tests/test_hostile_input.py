@@ -208,8 +208,9 @@ def test_2_overwrite_refuses_a_file_and_an_lmdb_with_extra_files(images, tmp_pat
 
 def test_2_overwrite_still_replaces_an_lmdb_or_an_empty_folder(images, tmp_path):
     db = write_db(tmp_path / "db", [datum()])
+    cut = truncate_db(write_db(tmp_path / "cut", [datum()] * 50))  # a damaged LMDB is still an LMDB
     (tmp_path / "empty").mkdir()
-    for target in (db, tmp_path / "empty"):
+    for target in (db, cut, tmp_path / "empty"):
         result = cli("convert-imageset", f"{images}/", images / "val.txt", target, "--overwrite", "--no-progress")
         assert result.exit_code == 0, result.output
         assert sorted(os.listdir(target)) == ["data.mdb", "lock.mdb"]

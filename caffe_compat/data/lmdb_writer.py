@@ -215,7 +215,7 @@ def check_replaceable(target: Path) -> None:
     if names and not is_lmdb_folder(target):
         others = [n for n in names if n not in ("data.mdb", "lock.mdb")]
         shown = ", ".join(repr(n) for n in others[:3]) + (", ..." if len(others) > 3 else "")
-        what = f"it holds {len(names)} entries ({shown})" if others else "its data.mdb is not a valid LMDB"
+        what = f"it holds {len(names)} entries ({shown})" if others else "its data.mdb is not an LMDB file"
         raise CaffeCompatError(f"{where(target)}: is not an LMDB ({what}); --overwrite replaces only an "
                                "LMDB, remove it yourself if you mean it")
 

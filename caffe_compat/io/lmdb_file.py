@@ -88,16 +88,14 @@ def read_meta(folder: str | os.PathLike[str]) -> LmdbMeta:
 
 
 def is_lmdb_folder(folder: str | os.PathLike[str]) -> bool:
-    """Whether ``folder`` holds an LMDB and nothing else (``data.mdb``, maybe ``lock.mdb``)."""
+    """Whether ``folder`` holds an LMDB and nothing else (``data.mdb`` starting with an LMDB
+    meta page, truncated or not, and maybe ``lock.mdb``)."""
     folder = Path(folder)
     try:
         names = set(os.listdir(folder))
+        if "data.mdb" not in names or not names <= {"data.mdb", "lock.mdb"}:
+            return False
+        with open(folder / "data.mdb", "rb") as handle:
+            return _meta(handle.read(_PAGE_HEADER + _META.size)) is not None
     except OSError:
         return False
-    if "data.mdb" not in names or not names <= {"data.mdb", "lock.mdb"}:
-        return False
-    try:
-        read_meta(folder)
-    except CaffeCompatError:
-        return False
-    return True
