@@ -28,7 +28,7 @@ def main() -> int:
 
     import torch
 
-    from caffe_compat.workflow.demo import run_demo
+    from caffe_compat.demo import run_demo
 
     if args.threads:
         torch.set_num_threads(args.threads)

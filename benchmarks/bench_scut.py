@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import tqdm
 
-from caffe_compat.io.atomic import atomic_write_bytes
+from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.io.prototxt import parse_net_text, read_solver, to_text
 from caffe_compat.workflow.scut_fbp5500 import PrepareOptions, class_score, prepare, read_scores, splits
 

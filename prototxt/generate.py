@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from caffe_compat.io.atomic import atomic_write_bytes
+from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.workflow.prototxt_defs import DataSpec, SolverSpec, deploy, solver, train_val
 
 HERE = Path(__file__).resolve().parent

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from caffe_compat.io.atomic import atomic_write, atomic_write_bytes
+from caffe_compat.atomic import atomic_write, atomic_write_bytes
 
 
 def test_replaces_whole_file_with_umask_mode(tmp_path):

@@ -14,9 +14,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.cli import main
 from caffe_compat.errors import CaffeCompatError
-from caffe_compat.io.atomic import atomic_write_bytes
 from caffe_compat.io.prototxt import parse_net_text
 from caffe_compat.net.builder import CaffeNet
 from caffe_compat.net.registry import TEST, TRAIN

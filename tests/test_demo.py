@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from caffe_compat.cli import main
 from caffe_compat.errors import CaffeCompatError
 from caffe_compat.workflow import synthetic
-from caffe_compat.workflow.demo import DemoConfig, Step, missing_requirement, run_demo, run_steps
+from caffe_compat.demo import DemoConfig, Step, missing_requirement, run_demo, run_steps
 
 
 def test_missing_requirement_names_what_is_missing():

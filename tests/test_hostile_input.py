@@ -789,7 +789,7 @@ def test_10_compute_image_mean_workers_die_with_their_parent(tmp_path, how):
 
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(monkeypatch, tmp_path):
-    from caffe_compat.io import summary
+    from caffe_compat.net import summary
 
     monkeypatch.setattr(summary, "inspect_lines", lambda *a: 1 / 0)
     line = one_error(cli("inspect", tmp_path), "unexpected ZeroDivisionError", "CAFFE_COMPAT_DEBUG=1")
@@ -799,7 +799,7 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(monkeypatc
 
 
 def test_os_and_memory_errors_are_one_line(monkeypatch, tmp_path):
-    from caffe_compat.io import summary
+    from caffe_compat.net import summary
 
     def missing(*a):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(tmp_path / "gone"))

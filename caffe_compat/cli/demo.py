@@ -21,7 +21,7 @@ def demo_command(out: str, videos: int | None, iterations: int | None) -> None:
     mean, finetune the stand-in legacy ResNet-50-1by2 on CPU and write the test report."""
     from dataclasses import replace
 
-    from caffe_compat.workflow.demo import DemoConfig, run_demo
+    from caffe_compat.demo import DemoConfig, run_demo
 
     cfg = DemoConfig()
     if videos is not None:

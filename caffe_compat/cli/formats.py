@@ -41,7 +41,7 @@ def upgrade_binary_command(input_file: str, output_file: str) -> None:
               help="Phase of a net's layers and shapes [prototxt: TEST; caffemodel: the saved phase].")
 def inspect_command(path: str, phase: str | None) -> None:
     """Show what a prototxt, caffemodel, binaryproto, solverstate or LMDB holds."""
-    from caffe_compat.io.summary import inspect_lines
+    from caffe_compat.net.summary import inspect_lines
 
     for line in inspect_lines(path, None if phase is None else caffe_pb2.Phase.Value(phase.upper())):
         click.echo(line)

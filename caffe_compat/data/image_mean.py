@@ -28,10 +28,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.data.datum import IMREAD_UNCHANGED, RawLayout, datum_array, parse_datum, raw_datum_view
 from caffe_compat.data.lmdb_dataset import iter_records, open_readonly
 from caffe_compat.errors import CaffeCompatError, where
-from caffe_compat.io.atomic import atomic_write_bytes
 from caffe_compat.io.blob import array_to_blob
 from caffe_compat.progress import CaffeCountLog, bar_shown, progress_bar
 

@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.errors import CaffeCompatError
-from caffe_compat.io.atomic import atomic_write_bytes
 from caffe_compat.io.binary import parse_binary
 from caffe_compat.io.wire import BLOB_DATA, BLOB_DOUBLE_DATA, Payload, encode_length_delimited, split_blob, take_marker
 from caffe_compat.proto import caffe_pb2

@@ -18,15 +18,30 @@ from typing import Mapping, Sequence
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from caffe_compat.atomic import atomic_write
 from caffe_compat.errors import CaffeCompatError
-from caffe_compat.io.atomic import atomic_write
 from caffe_compat.io.binary import parse_binary, strip_binary
-from caffe_compat.io.blob import blob_header, blob_shape, file_reader, has_legacy_dims, raw_values, stripped_blob_to_array
+from caffe_compat.io.blob import (
+    blob_header,
+    blob_shape,
+    file_reader,
+    has_legacy_dims,
+    raw_values,
+    stripped_blob_to_array,
+)
 from caffe_compat.io.hdf5 import MAGIC as HDF5_MAGIC
 from caffe_compat.io.hdf5 import is_hdf5, load_weights_hdf5
 from caffe_compat.io.mapped import map_ended, map_started
 from caffe_compat.io.upgrade import upgrade_net_on_read
-from caffe_compat.io.wire import BLOB, BLOB_DATA, BLOB_DOUBLE_DATA, LENGTH_DELIMITED, encode_key, encode_varint, iter_fields
+from caffe_compat.io.wire import (
+    BLOB,
+    BLOB_DATA,
+    BLOB_DOUBLE_DATA,
+    LENGTH_DELIMITED,
+    encode_key,
+    encode_varint,
+    iter_fields,
+)
 from caffe_compat.proto import caffe_pb2
 
 Weights = dict[str, list[np.ndarray]]

@@ -10,7 +10,7 @@ Layouts are Caffe's (``Net::ToHDF5``, ``SGDSolver::SnapshotSolverStateToHDF5``):
 
 Reading never follows anything out of the file: only hard links, numeric datasets stored in
 the file itself (no external or virtual storage), so a file can make us read nothing but its
-own numbers. Writes go through :func:`caffe_compat.io.atomic.atomic_write`.
+own numbers. Writes go through :func:`caffe_compat.atomic.atomic_write`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from caffe_compat.atomic import atomic_write
 from caffe_compat.errors import CaffeCompatError
-from caffe_compat.io.atomic import atomic_write
 from caffe_compat.io.blob import blob_to_array
 
 MAGIC = b"\x89HDF\r\n\x1a\n"

@@ -18,8 +18,8 @@ from google.protobuf import text_encoding, text_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.errors import CaffeCompatError, where
-from caffe_compat.io.atomic import atomic_write_bytes
 from caffe_compat.io.upgrade import upgrade_net_on_read, upgrade_snapshot_prefix, upgrade_solver_as_needed
 from caffe_compat.proto import caffe_pb2
 

@@ -12,8 +12,8 @@ import os
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.errors import CaffeCompatError
-from caffe_compat.io.atomic import atomic_write_bytes
 from caffe_compat.io.binary import parse_binary, strip_binary
 from caffe_compat.io.blob import buffer_reader, stripped_blob_to_array
 from caffe_compat.io.wire import BLOB

@@ -19,9 +19,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from caffe_compat.atomic import atomic_write
 from caffe_compat.errors import CaffeCompatError
 from caffe_compat.io.arrays import is_npz, read_npy, read_npz
-from caffe_compat.io.atomic import atomic_write
 from caffe_compat.proto import caffe_pb2
 
 BlobSelection = str | Sequence[str]  # "outputs", "all" or blob names

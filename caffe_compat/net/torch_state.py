@@ -29,8 +29,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from caffe_compat.atomic import atomic_write
 from caffe_compat.errors import CaffeCompatError, where
-from caffe_compat.io.atomic import atomic_write
 from caffe_compat.net.builder import CaffeNet
 from caffe_compat.net.registry import Layer
 

@@ -29,8 +29,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from caffe_compat.atomic import atomic_write
 from caffe_compat.errors import CaffeCompatError, where
-from caffe_compat.io.atomic import atomic_write
 from caffe_compat.net.builder import CaffeNet, Step
 from caffe_compat.net.fold import fold_batchnorm
 from caffe_compat.net.registry import TEST, Shape

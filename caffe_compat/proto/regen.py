@@ -19,7 +19,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
-from caffe_compat.io.atomic import atomic_write_bytes
+from caffe_compat.atomic import atomic_write_bytes
 
 PROTO_PATH = Path(__file__).with_name("caffe.proto")
 MODULE_PATH = Path(__file__).with_name("caffe_pb2.py")

@@ -17,10 +17,10 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from caffe_compat.errors import CaffeCompatError, where
-from caffe_compat.io.atomic import atomic_write_bytes
-from caffe_compat.report.predictions import Predictions
+from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.data.scores import SCORE_CLASSES, SCORE_MIN, expected_scores
+from caffe_compat.errors import CaffeCompatError, where
+from caffe_compat.report.predictions import Predictions
 
 __all__ = ["SCORE_CLASSES", "SCORE_MIN", "Predictions", "expected_scores", "write_report", "REPORT_FILES"]
 

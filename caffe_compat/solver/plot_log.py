@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.errors import CaffeCompatError
-from caffe_compat.io.atomic import atomic_write_bytes
 
 _NUM = r"([-+]?(?:[0-9.]+(?:[eE][-+]?\d+)?|nan|-nan|inf|-inf))"
 _TRAIN = re.compile(rf"Iteration (\d+)(?: \([^)]*\))?, loss = {_NUM}")

@@ -23,8 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.errors import CaffeCompatError
-from caffe_compat.io.atomic import atomic_write_bytes
 from caffe_compat.io.blob import array_to_blob
 from caffe_compat.io.caffemodel import write_caffemodel
 from caffe_compat.io.hdf5 import is_hdf5, read_solverstate_hdf5, write_solverstate_hdf5, write_weights_hdf5

@@ -18,8 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.errors import CaffeCompatError, where
-from caffe_compat.io.atomic import atomic_write_bytes
 from caffe_compat.workflow.annotations import SCORE_MIN
 from caffe_compat.workflow.tables import format_table, make_folder, read_csv, write_csv
 

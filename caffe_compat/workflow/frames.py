@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.errors import CaffeCompatError
-from caffe_compat.io.atomic import atomic_write_bytes
 from caffe_compat.workflow.download import MANIFEST_NAME as DOWNLOAD_MANIFEST
 from caffe_compat.workflow.media import VIDEO_EXTENSIONS, sanitize_id
 from caffe_compat.workflow.tables import format_table, make_folder, read_csv, write_csv

@@ -19,10 +19,10 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.data.convert_imageset import ConvertOptions, convert_imageset
 from caffe_compat.data.image_mean import compute_image_mean, write_image_mean
 from caffe_compat.errors import CaffeCompatError, where
-from caffe_compat.io.atomic import atomic_write_bytes
 
 SPLITS_60_40 = "split_of_60%training and 40%testing"
 FOLDS = "5_folders_cross_validations_files"

@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.errors import CaffeCompatError
-from caffe_compat.io.atomic import atomic_write_bytes
 
 SCORE_MIN, SCORE_MAX = 60, 99
 #: Column headers of the legacy sheet (the annotation step also accepts English ones).

@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.errors import CaffeCompatError, where
-from caffe_compat.io.atomic import atomic_write_bytes
 
 #: The largest sheet or manifest read (parsed rows take several times the file's size in memory).
 MAX_TABLE_BYTES = 128 << 20

@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 import click
 
+from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.errors import CaffeCompatError
-from caffe_compat.io.atomic import atomic_write_bytes
 from caffe_compat.report import expected_scores
 from caffe_compat.workflow import prototxt_defs, synthetic
 from caffe_compat.workflow.tables import format_table
