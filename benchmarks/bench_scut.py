@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--epochs", type=float, default=30.0)
     p.add_argument("--lr", type=float, default=None, help="override the recipe's base_lr")
-    p.add_argument("--ema", type=float, default=0.999, help="train --ema (0: off)")
+    p.add_argument("--ema", type=float, default=0.0, help="train --ema DECAY (0: off; measured neutral, docs)")
     p.add_argument("--warmup", type=int, default=0, help="train --warmup iterations")
     p.add_argument("--no-mirror", dest="mirror", action="store_false", help="test without --mirror")
     p.add_argument("--gpu", type=int, default=None, help="GPU id (default: the CPU)")
