@@ -27,13 +27,14 @@ from caffe_compat.errors import CaffeCompatError
 from caffe_compat.io.caffemodel import write_caffemodel
 from caffe_compat.io.hdf5 import write_weights_hdf5
 from caffe_compat.net.builder import CaffeNet, Step, load_net
+from caffe_compat.net.layers.python_layer import LegacyShape
 from caffe_compat.net.registry import Layer, apply_running_updates
 from caffe_compat.pycaffe import mode
 
 _CALLER_FED = {"Input", "MemoryData"}  # source layers whose tops come from the caller
 
 
-class Blob:
+class Blob(LegacyShape):
     """A Caffe blob: ``data`` / ``diff`` arrays, its shape, ``reshape``."""
 
     def __init__(self, net: "Net") -> None:
@@ -64,26 +65,6 @@ class Blob:
     @property
     def count(self) -> int:
         return int(self._tensor().numel())
-
-    def _legacy(self, axis: int) -> int:
-        shape = self.shape
-        return int(shape[axis]) if axis < len(shape) else 1
-
-    @property
-    def num(self) -> int:
-        return self._legacy(0)
-
-    @property
-    def channels(self) -> int:
-        return self._legacy(1)
-
-    @property
-    def height(self) -> int:
-        return self._legacy(2)
-
-    @property
-    def width(self) -> int:
-        return self._legacy(3)
 
 
 class _ActivationBlob(Blob):

@@ -23,7 +23,33 @@ from torch import nn
 from caffe_compat.net.registry import Layer, Shape, register_layer
 
 
-class NumpyBlob:
+class LegacyShape:
+    """Caffe's Blob::num/channels/height/width: the first four axes, 1 past the last one."""
+
+    shape: tuple[int, ...]
+
+    def _legacy(self, axis: int) -> int:
+        shape = self.shape
+        return int(shape[axis]) if axis < len(shape) else 1
+
+    @property
+    def num(self) -> int:
+        return self._legacy(0)
+
+    @property
+    def channels(self) -> int:
+        return self._legacy(1)
+
+    @property
+    def height(self) -> int:
+        return self._legacy(2)
+
+    @property
+    def width(self) -> int:
+        return self._legacy(3)
+
+
+class NumpyBlob(LegacyShape):
     """A Caffe Blob as Python layers see it: ``data`` and ``diff`` arrays of one shape."""
 
     def __init__(self, data: np.ndarray) -> None:
@@ -44,25 +70,6 @@ class NumpyBlob:
     @property
     def count(self) -> int:
         return int(self.data.size)
-
-    def _legacy(self, axis: int) -> int:
-        return int(self.data.shape[axis]) if axis < self.data.ndim else 1
-
-    @property
-    def num(self) -> int:
-        return self._legacy(0)
-
-    @property
-    def channels(self) -> int:
-        return self._legacy(1)
-
-    @property
-    def height(self) -> int:
-        return self._legacy(2)
-
-    @property
-    def width(self) -> int:
-        return self._legacy(3)
 
 
 class BlobVec(list):
