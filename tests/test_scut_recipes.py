@@ -37,7 +37,14 @@ def split(tmp_path_factory) -> Path:
     return prepare(SCUT, out, PrepareOptions(protocol="60-40"))[0].folder
 
 
-@pytest.mark.parametrize("recipe", ["resnet50_1by2", "resnet50_1by2_40"])
+# How far the loss must fall (last 50 iterations against the first 30): the L1 loss starts at
+# the untrained head's score error (~0.8) and halves quickly; the 40-class cross-entropy starts
+# near ln 40 = 3.7 and, with neighbouring classes a rater apart, falls slowly (3.4 -> 2.5 in 825
+# iterations of batch 16 on the CPU proxy, docs/benchmarks.md).
+FALL = {"resnet50_1by2": 0.7, "resnet50_1by2_40": 0.95}
+
+
+@pytest.mark.parametrize("recipe", sorted(FALL))
 def test_recipe_trains_300_iterations_without_diverging(recipe, split, nsfw_dir, tmp_path) -> None:
     folder = ROOT / "prototxt" / "scut_fbp5500" / recipe
     net = parse_net_text((folder / "train_val.prototxt").read_text())
@@ -60,4 +67,4 @@ def test_recipe_trains_300_iterations_without_diverging(recipe, split, nsfw_dir,
         losses = np.array([v for _, v in solver.solve().losses])
     assert len(losses) == 300 and np.isfinite(losses).all()
     first, last = losses[:30].mean(), losses[-50:].mean()
-    assert last < 0.7 * first, (first, last)
+    assert last < FALL[recipe] * first, (first, last)
