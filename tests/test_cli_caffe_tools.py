@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from caffe_compat.cli import COMMANDS, main
-from caffe_compat.cli.busybox import TOOLS, busybox_args
+from caffe_compat.cli.busybox import LINKS, busybox_args
 from caffe_compat.data.leveldb import iter_leveldb
 from caffe_compat.data.lmdb_dataset import iter_records
 from caffe_compat.io.prototxt import read_solver
@@ -62,7 +62,7 @@ def test_links_made_by_link_tools_act_as_caffe_tools(fixtures, tmp_path):
     tools = tmp_path / "tools"
     tools.mkdir()
     made = subprocess.run([str(EXE), "link-tools", str(tools)], capture_output=True, text=True, check=True)
-    assert sorted(Path(line).name for line in made.stdout.split()) == sorted(TOOLS)
+    assert sorted(Path(line).name for line in made.stdout.split()) == sorted(LINKS)
     script = tmp_path / "make_mean.sh"
     script.write_text(textwrap.dedent("""\
         #!/usr/bin/env sh

@@ -198,9 +198,18 @@ def test_nothing_written_is_an_error(in_fixtures, tmp_path) -> None:
     assert not (tmp_path / "db").exists()
 
 
-def test_leveldb_backend_refused(in_fixtures, tmp_path) -> None:
-    with pytest.raises(CaffeCompatError, match="leveldb.*not supported"):
-        convert_imageset("images/", "images/val.txt", tmp_path / "db", ConvertOptions(backend="leveldb"))
+def test_leveldb_backend_holds_caffes_records(in_fixtures, tmp_path) -> None:
+    from caffe_compat.data.leveldb import iter_leveldb
+
+    options = ConvertOptions(backend="leveldb", resize_height=32, resize_width=32, progress=False)
+    convert_imageset("images/", "images/train.txt", tmp_path / "db", options)
+    assert list(iter_leveldb(tmp_path / "db")) == records(in_fixtures / "lmdb" / "train_raw32_lmdb")
+
+
+def test_unknown_backend_refused(in_fixtures, tmp_path) -> None:
+    with pytest.raises(CaffeCompatError, match="--backend rocksdb: unknown database backend"):
+        convert_imageset("images/", "images/val.txt", tmp_path / "db", ConvertOptions(backend="rocksdb"))
+    assert not (tmp_path / "db").exists()
 
 
 def test_explicit_encode_type_keeps_matching_files(in_fixtures, tmp_path) -> None:

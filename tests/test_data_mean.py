@@ -92,7 +92,7 @@ def test_cli_writes_caffe_bytes_and_logs(fixtures, tmp_path) -> None:
     assert "mean_value channel [2]: 134.54" in result.output and "Processed 7 files." in result.output
     db = str(fixtures / "lmdb" / "val_raw32_lmdb")
     bad = CliRunner().invoke(main, ["compute-image-mean", "--backend=leveldb", db])
-    assert bad.exit_code == 1 and "not supported" in bad.output
+    assert bad.exit_code == 1 and "not a LevelDB folder" in bad.output
 
 
 @settings(max_examples=40, deadline=None)

@@ -22,6 +22,7 @@ from caffe_compat.cli.options import CaffeFlagsCommand
 COMMANDS = {
     "upgrade-net-proto-text": "formats", "upgrade-net-proto-binary": "formats", "inspect": "formats",
     "convert-imageset": "data", "compute-image-mean": "data",
+    "convert-mnist-data": "example_data", "convert-cifar-data": "example_data",
     "forward": "net", "compare": "net", "time": "net",
     "train": "train", "plot-log": "train",
     "test": "evaluate", "report": "evaluate",

@@ -1,6 +1,7 @@
 """Busybox-style tool names: invoked through a link named ``caffe``, ``convert_imageset``, ...,
 ``caffe-compat`` acts as that Caffe tool, so ``TOOLS=./build/tools ./examples/.../create_*.sh``
-runs unchanged once the links exist (``caffe-compat link-tools build/tools``).
+runs unchanged once the links exist (``caffe-compat link-tools build/tools``; the examples'
+converters live in ``build/examples/mnist`` and ``build/examples/cifar10``, link those too).
 
 ``caffe`` takes Caffe's subcommands (``caffe train -solver ...``); every other name is one tool
 and takes that tool's arguments. Caffe's build also made ``<tool>.bin`` files; those names work.
@@ -26,7 +27,13 @@ TOOLS = {
     "upgrade_solver_proto_text": "upgrade-solver-proto-text",
     "extract_features": "extract-features",
     "device_query": "device-query",
+    "convert_mnist_data": "convert-mnist-data",  # build/examples/mnist/ in Caffe's build
+    "convert_cifar_data": "convert-cifar-data",  # build/examples/cifar10/
 }
+
+#: The names ``link-tools`` makes: each tool and its ``.bin`` (Caffe's build has both in build/tools,
+#: and only ``.bin`` for the examples' converters, which create_mnist.sh and create_cifar10.sh call).
+LINKS = [*TOOLS, *(f"{name}.bin" for name in TOOLS)]
 
 
 def tool_name(argv0: str) -> str | None:
@@ -53,10 +60,12 @@ def link_tools(folder: str | os.PathLike[str], target: str | None = None, force:
         raise CaffeCompatError("cannot find the caffe-compat executable to link to; pass --target")
     target = os.path.abspath(target)
     out = Path(folder)
-    if not out.is_dir():
-        raise CaffeCompatError(f"{out}: folder does not exist")
+    try:  # the porting situation: build/tools does not exist without a Caffe build
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CaffeCompatError(f"{out}: cannot create the folder: {exc.strerror}") from None
     made = []
-    for name in TOOLS:
+    for name in LINKS:
         link = out / name
         if link.is_symlink() and os.path.realpath(link) == os.path.realpath(target):
             made.append(link)

@@ -46,7 +46,7 @@ class _GflagsBoolCommand(CaffeFlagsCommand):
 @click.argument("db_name", type=click.Path())
 @caffe_option("gray", help="Treat images as grayscale ones (IMREAD_GRAYSCALE).", **GFLAG_BOOL)
 @caffe_option("shuffle", help="Randomly shuffle the order of images and their labels.", **GFLAG_BOOL)
-@caffe_option("backend", default="lmdb", show_default=True, help="The backend for storing the result (lmdb only).")
+@caffe_option("backend", default="lmdb", show_default=True, help="The backend for storing the result: lmdb or leveldb.")
 @caffe_option("resize_width", type=click.IntRange(0, INT_MAX), default=0, show_default=True,
               help="Width images are resized to.")
 @caffe_option("resize_height", type=click.IntRange(0, INT_MAX), default=0, show_default=True,
@@ -60,7 +60,7 @@ class _GflagsBoolCommand(CaffeFlagsCommand):
 @caffe_option("overwrite", is_flag=True, help="[extra] Replace DB_NAME if it already exists.")
 @click.option("--progress/--no-progress", default=None, help="[extra] Progress bar (default: on a terminal).")
 def convert_imageset_cmd(root_folder: str, list_file: str, db_name: str, **flags) -> None:
-    """Convert a set of images to a Caffe Datum LMDB (Caffe's convert_imageset).
+    """Convert a set of images to a Caffe Datum LMDB or LevelDB (Caffe's convert_imageset).
 
     LIST_FILE lines are 'subfolder/file.jpg label'; ROOT_FOLDER is prepended to each name as is
     (keep its trailing '/').
@@ -74,17 +74,15 @@ def convert_imageset_cmd(root_folder: str, list_file: str, db_name: str, **flags
 @main.command("compute-image-mean")
 @click.argument("input_db", type=click.Path())
 @click.argument("output_file", type=click.Path(), required=False)
-@caffe_option("backend", default="lmdb", show_default=True, help="The backend of INPUT_DB (lmdb only).")
+@caffe_option("backend", default="lmdb", show_default=True, help="The backend of INPUT_DB: lmdb or leveldb.")
 @click.option("--progress/--no-progress", default=None, help="[extra] Progress bar (default: on a terminal).")
 def compute_image_mean_cmd(input_db: str, output_file: str | None, backend: str, progress: bool | None) -> None:
-    """Compute the mean image of a Datum LMDB (Caffe's compute_image_mean) into a .binaryproto."""
+    """Compute the mean image of a Datum LMDB or LevelDB (Caffe's compute_image_mean) into a .binaryproto."""
+    from caffe_compat.data.db_writer import check_backend
     from caffe_compat.data.image_mean import compute_image_mean, write_image_mean
-    from caffe_compat.errors import CaffeCompatError
 
-    if backend.lower() != "lmdb":
-        raise CaffeCompatError(f"--backend {backend}: not supported, only lmdb is (LevelDB is not)")
     log = logging.getLogger("caffe_compat.data")
-    result = compute_image_mean(input_db, progress)
+    result = compute_image_mean(input_db, progress, check_backend(backend))
     if output_file:
         log.info(f"Write to {output_file}")
         write_image_mean(result, output_file)

@@ -1,4 +1,4 @@
-"""``convert_imageset``: a list file of images -> a Caffe Datum LMDB, byte-compatible with Caffe's.
+"""``convert_imageset``: a list file of images -> a Caffe Datum LMDB (or LevelDB), byte-compatible with Caffe's.
 
 Same keys (``%08d_<name>``, numbered by list position, gaps where lines are skipped), same
 Datum bytes (raw planar BGR or encoded), same skipped lines. On top of Caffe: parallel decoding
@@ -26,7 +26,7 @@ from caffe_compat.data.imageio import (
     load_image,
 )
 from caffe_compat.data.listfile import ImageList, ListEntry, read_list, show
-from caffe_compat.data.lmdb_writer import build_lmdb, check_target
+from caffe_compat.data.db_writer import build_db, check_backend, check_db_target
 from caffe_compat.errors import CaffeCompatError, where
 from caffe_compat.progress import CaffeCountLog, bar_shown, progress_bar
 
@@ -159,8 +159,7 @@ def _root_warning(root: str) -> str | None:
 def convert_imageset(root_folder: str, list_file: str | os.PathLike[str], db_name: str | os.PathLike[str],
                      options: ConvertOptions = ConvertOptions()) -> ConvertSummary:
     """Build ``db_name`` from ``list_file`` exactly as Caffe's ``convert_imageset`` would."""
-    if options.backend.lower() != "lmdb":
-        raise CaffeCompatError(f"--backend {options.backend}: not supported, only lmdb is (LevelDB is not)")
+    backend = check_backend(options.backend)
     target = Path(db_name)
     channels = 1 if options.gray else 3
     if options.resize_height > 0 and options.resize_width > 0 and \
@@ -168,7 +167,7 @@ def convert_imageset(root_folder: str, list_file: str | os.PathLike[str], db_nam
         raise CaffeCompatError(
             f"--resize_height {options.resize_height} --resize_width {options.resize_width}: a datum of "
             f"{channels}x{options.resize_height}x{options.resize_width} values is past Caffe's blob limit (INT_MAX)")
-    check_target(target, options.overwrite)
+    check_db_target(target, backend, options.overwrite)
     listing: ImageList = read_list(list_file)
     for warning in filter(None, [_root_warning(root_folder), *listing.warnings]):
         log.warning(warning)
@@ -196,10 +195,10 @@ def convert_imageset(root_folder: str, list_file: str | os.PathLike[str], db_nam
     data_size: int | None = None
     shown = bar_shown(options.progress)
     lines = CaffeCountLog(1000, lambda n: log.info(f"Processed {n} files."), periodic=not shown)
-    with build_lmdb(target, options.overwrite) as db, progress_bar(
+    with build_db(target, backend, options.overwrite) as db, progress_bar(
         total=len(entries), unit="img", shown=shown, desc="convert-imageset"
     ) as bar:
-        log.info(f"Opened lmdb {os.fspath(db_name)}")
+        log.info(f"Opened {backend} {os.fspath(db_name)}")
         for key_index, (entry, outcome) in enumerate(zip(entries, ordered_map(job, entries, jobs))):
             bar.update()
             loc = listing.where(entry)

@@ -179,3 +179,10 @@ def _is_raw_tail(tail: bytes) -> bool:
     except WireError:
         return False
     return True
+
+
+def example_datum(data: bytes, label: int, channels: int, height: int, width: int) -> bytes:
+    """Serialized Datum as Caffe's example converters (MNIST, CIFAR-10) write it: shape, data and
+    label, and no ``encoded`` field (which ``CVMatToDatum`` sets)."""
+    return caffe_pb2.Datum(channels=channels, height=height, width=width, data=data,
+                           label=label).SerializeToString()

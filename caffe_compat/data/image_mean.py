@@ -1,4 +1,4 @@
-"""``compute_image_mean``: the per-pixel mean of a Datum LMDB, as Caffe computes and writes it.
+"""``compute_image_mean``: the per-pixel mean of a Datum LMDB (or LevelDB), as Caffe computes and writes it.
 
 Caffe accumulates into the BlobProto's float32 ``data`` one datum at a time and divides by the
 count in float32; we do the same float32 operations in the same order (whole arrays at a time),
@@ -175,8 +175,10 @@ def _pixels(db, key: memoryview, value: memoryview) -> tuple[np.ndarray, bool]:
         raise CaffeCompatError(f"{where(db)}: datum '{_show(bytes(key))}': {exc}") from None
 
 
-def compute_image_mean(db: str | os.PathLike[str], progress: bool | None = None) -> ImageMean:
+def compute_image_mean(db: str | os.PathLike[str], progress: bool | None = None, backend: str = "lmdb") -> ImageMean:
     """Mean over every datum of ``db``; each must have the first datum's size (Caffe's check)."""
+    if backend == "leveldb":
+        return _leveldb_mean(db, progress)
     # One handle for the whole run: the helpers below would otherwise open and drop their own,
     # and Python ignores a Ctrl-C that lands in the finalizer closing a dropped one.
     handle = open_readonly(db)
@@ -259,14 +261,40 @@ def _bar(total: int, shown: bool):
     return progress_bar(total=total, unit="datum", shown=shown, desc="compute-image-mean")
 
 
-def _sequential_mean(db, total: int, layout: RawLayout | None, shown: bool, lines: CaffeCountLog) -> ImageMean:
-    """Caffe's loop: one datum at a time in key order, any kind of datum."""
+def _leveldb_mean(db: str | os.PathLike[str], progress: bool | None) -> ImageMean:
+    """A LevelDB's mean: Caffe's loop in one pass (LevelDB keeps no record count, and lets one
+    handle at a time read it, so the forked workers are for LMDBs only)."""
+    from caffe_compat.data.leveldb import iter_leveldb
+
+    records = iter_leveldb(db)
+    try:
+        first = next(records, None)
+        log.info(f"Opened leveldb {db}")
+        if first is None:
+            raise CaffeCompatError(f"{where(db)}: the database is empty")
+        if _is_encoded(memoryview(first[1])):
+            log.info("Decoding Datum")
+        log.info("Starting iteration")
+        shown = bar_shown(progress)
+        lines = CaffeCountLog(10000, lambda n: log.info(f"Processed {n} files."), periodic=not shown)
+        views = ((memoryview(k), memoryview(v)) for k, v in itertools.chain([first], records))
+        result = _sequential_mean(db, None, None, shown, lines, views)
+    finally:
+        records.close()
+    lines.finish(result.count)
+    return result
+
+
+def _sequential_mean(db, total: int | None, layout: RawLayout | None, shown: bool, lines: CaffeCountLog,
+                     records: Iterator[tuple[memoryview, memoryview]] | None = None) -> ImageMean:
+    """Caffe's loop: one datum at a time in key order, any kind of datum (from ``records``, else
+    the LMDB ``db``'s)."""
     acc: _PixelSum | None = None
     shape: tuple[int, ...] = ()
     count = 0
     encoded = False
     with _bar(total, shown) as bar:
-        for key, value in iter_records(db, buffers=True):
+        for key, value in records if records is not None else iter_records(db, buffers=True):
             pixels = layout.pixels(value) if layout is not None else None
             is_encoded = False
             if pixels is None:
