@@ -39,13 +39,13 @@ def read_binary(path: str | os.PathLike[str], what: str) -> bytes:
 
 def _header(data: bytes, path: str | os.PathLike[str], magic: int, fields: int, what: str) -> list[int]:
     """The big-endian uint32 header (magic first), checked as Caffe does."""
+    found = int(np.frombuffer(data[:4].rjust(4, b"\0"), ">u4")[0])
+    if found != magic:
+        raise CaffeCompatError(f"{where(path)}: incorrect {what} magic {found} (expected {magic}); "
+                               "not an MNIST IDX file, or the image and label files are swapped")
     if len(data) < 4 * fields:
         raise CaffeCompatError(f"{where(path)}: {len(data)} bytes, too short for an IDX {what} header")
-    values = [int(v) for v in np.frombuffer(data, ">u4", fields)]
-    if values[0] != magic:
-        raise CaffeCompatError(f"{where(path)}: incorrect {what} magic {values[0]} (expected {magic}); "
-                               "not an MNIST IDX file, or the image and label files are swapped")
-    return values[1:]
+    return [int(v) for v in np.frombuffer(data, ">u4", fields - 1, 4)]
 
 
 @dataclass(frozen=True)
