@@ -55,12 +55,11 @@ def build_db(target: str | os.PathLike[str], backend: str, overwrite: bool = Fal
     """``with build_db(path, "leveldb") as db: db.put(k, v)``: the finished database appears at
     ``path`` only when the block completes; on any error nothing (or the old one) is there."""
     path = Path(target)
-    backend = check_backend(backend)
-    check_db_target(path, backend, overwrite)
-    if backend == "lmdb":
-        with build_lmdb(path, overwrite) as db:
+    if check_backend(backend) == "lmdb":
+        with build_lmdb(path, overwrite) as db:  # which makes its own checks
             yield db
         return
+    check_db_target(path, backend, overwrite)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent))
     try:
         with build_leveldb(staging / "db") as db:
