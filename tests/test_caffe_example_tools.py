@@ -1,6 +1,7 @@
-"""Caffe's example converters (convert_mnist_data, convert_cifar_data), LevelDB output, and BVLC's
-create_mnist.sh / create_cifar10.sh / create_imagenet.sh command lines run through link-tools links
-on stand-in files the tests write in the original binary formats (IDX, CIFAR-10 batches)."""
+"""Caffe's example converters (convert_mnist_data, convert_cifar_data, convert_mnist_siamese_data),
+LevelDB output, and BVLC's create_mnist.sh / create_cifar10.sh / create_imagenet.sh /
+create_mnist_siamese.sh command lines run through link-tools links on stand-in files the tests
+write in the original binary formats (IDX, CIFAR-10 batches)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from caffe_compat.data.cifar import convert_cifar_data
 from caffe_compat.data.db_writer import build_db
 from caffe_compat.data.leveldb import build_leveldb, iter_leveldb
 from caffe_compat.data.lmdb_dataset import iter_records
-from caffe_compat.data.mnist import convert_mnist_data
+from caffe_compat.data.mnist import convert_mnist_data, convert_mnist_siamese_data
 from caffe_compat.errors import CaffeCompatError
 
 EXE = Path(sys.executable).with_name("caffe-compat")
@@ -121,6 +122,52 @@ def test_mnist_missing_file_and_existing_db(tmp_path):
     convert_mnist_data(image_file, label_file, tmp_path / "db")
     with pytest.raises(CaffeCompatError, match="already exists"):
         convert_mnist_data(image_file, label_file, tmp_path / "db")
+
+
+def mt19937(seed: int):
+    """boost::mt19937 (Matsumoto & Nishimura's init_genrand and tempering), written out plainly."""
+    state = [seed & 0xFFFFFFFF]
+    for i in range(1, 624):
+        state.append((1812433253 * (state[-1] ^ (state[-1] >> 30)) + i) & 0xFFFFFFFF)
+    while True:
+        for k in range(624):
+            y = (state[k] & 0x80000000) | (state[(k + 1) % 624] & 0x7FFFFFFF)
+            state[k] = state[(k + 397) % 624] ^ (y >> 1) ^ (0x9908B0DF if y & 1 else 0)
+        for y in state:
+            y ^= y >> 11
+            y ^= (y << 7) & 0x9D2C5680
+            y ^= (y << 15) & 0xEFC60000
+            yield y ^ (y >> 18)
+
+
+def test_mt19937_is_the_reference_generator():
+    """The published check values of mt19937 (seed 5489): 1st output 3499211612, 10000th 4123659995."""
+    from caffe_compat.data.mnist import caffe_rng
+
+    ours = caffe_rng(5489).random_raw(10000)
+    assert (ours[0], ours[-1]) == (3499211612, 4123659995)
+    plain = mt19937(5489)
+    assert [next(plain) for _ in range(700)] == list(ours[:700])  # past one regeneration of the state
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(st.integers(0, 9), st.integers(0, 2**32 - 1))
+def test_mnist_siamese_pairs_are_caffes_draws(tmp_path_factory, count, seed):
+    """Record k: images rand()%n and rand()%n of Caffe's generator stacked as 2 channels, label 1
+    for the same digit; LevelDB as Caffe's tool writes."""
+    tmp = tmp_path_factory.mktemp("siamese")
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, 3, 2), dtype=np.uint8)
+    labels = rng.integers(0, 3, count, dtype=np.uint8)
+    image_file, label_file = write_idx(tmp, "train", images, labels)
+    assert convert_mnist_siamese_data(image_file, label_file, tmp / "db", seed) == count
+    draws = mt19937(seed)
+    expected = []
+    for k in range(count):
+        i, j = next(draws) % count, next(draws) % count
+        pair = images[i].tobytes() + images[j].tobytes()
+        expected.append((b"%08d" % k, caffe_datum(2, 3, 2, pair, int(labels[i] == labels[j]))))
+    assert list(iter_leveldb(tmp / "db")) == expected
 
 
 # ------------------------------------------------------------------ convert_cifar_data
@@ -245,7 +292,7 @@ needs_exe = pytest.mark.skipif(not EXE.exists(), reason="caffe-compat is not ins
 
 def run_script(root: Path, text: str) -> subprocess.CompletedProcess:
     """``text`` as a shell script run from ``root`` (a Caffe checkout's layout) after link-tools."""
-    for folder in ("build/tools", "build/examples/mnist", "build/examples/cifar10"):
+    for folder in ("build/tools", "build/examples/mnist", "build/examples/cifar10", "build/examples/siamese"):
         subprocess.run([str(EXE), "link-tools", folder], cwd=root, check=True, capture_output=True)
     (root / "script.sh").write_text(textwrap.dedent(text))
     return subprocess.run(["sh", "script.sh"], cwd=root, capture_output=True, text=True)
@@ -293,6 +340,30 @@ CREATE_CIFAR10 = """\
     """
 
 
+CREATE_MNIST_SIAMESE = """\
+    set -e
+
+    EXAMPLES=./build/examples/siamese
+    DATA=./data/mnist
+
+    echo "Creating leveldb..."
+
+    rm -rf ./examples/siamese/mnist_siamese_train_leveldb
+    rm -rf ./examples/siamese/mnist_siamese_test_leveldb
+
+    $EXAMPLES/convert_mnist_siamese_data.bin \\
+        $DATA/train-images-idx3-ubyte \\
+        $DATA/train-labels-idx1-ubyte \\
+        ./examples/siamese/mnist_siamese_train_leveldb
+    $EXAMPLES/convert_mnist_siamese_data.bin \\
+        $DATA/t10k-images-idx3-ubyte \\
+        $DATA/t10k-labels-idx1-ubyte \\
+        ./examples/siamese/mnist_siamese_test_leveldb
+
+    echo "Done."
+    """
+
+
 @needs_exe
 def test_create_mnist_sh_command_lines(tmp_path):
     """examples/mnist/create_mnist.sh's commands (convert_mnist_data.bin in build/examples/mnist,
@@ -309,6 +380,11 @@ def test_create_mnist_sh_command_lines(tmp_path):
         assert "Done." in done.stdout and "A total of 30 items." in done.stderr and "Rows: 28 Cols: 28" in done.stderr
     assert len(records(out / "mnist_train_lmdb")) == 30 and len(records(out / "mnist_test_lmdb")) == 10
     assert records(out / "mnist_train_lmdb") == records(out / "mnist_train_leveldb")
+    (tmp_path / "examples" / "siamese").mkdir()
+    done = run_script(tmp_path, CREATE_MNIST_SIAMESE)  # examples/siamese/create_mnist_siamese.sh
+    assert done.returncode == 0 and "Done." in done.stdout, done.stderr
+    pairs = records(tmp_path / "examples" / "siamese" / "mnist_siamese_train_leveldb")
+    assert [k for k, _ in pairs] == [b"%08d" % k for k in range(30)]
 
 
 @needs_exe

@@ -23,6 +23,7 @@ COMMANDS = {
     "upgrade-net-proto-text": "formats", "upgrade-net-proto-binary": "formats", "inspect": "formats",
     "convert-imageset": "data", "compute-image-mean": "data",
     "convert-mnist-data": "example_data", "convert-cifar-data": "example_data",
+    "convert-mnist-siamese-data": "example_data",
     "forward": "net", "compare": "net", "time": "net",
     "train": "train", "plot-log": "train",
     "test": "evaluate", "report": "evaluate",

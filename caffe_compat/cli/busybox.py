@@ -1,7 +1,7 @@
 """Busybox-style tool names: invoked through a link named ``caffe``, ``convert_imageset``, ...,
 ``caffe-compat`` acts as that Caffe tool, so ``TOOLS=./build/tools ./examples/.../create_*.sh``
 runs unchanged once the links exist (``caffe-compat link-tools build/tools``; the examples'
-converters live in ``build/examples/mnist`` and ``build/examples/cifar10``, link those too).
+converters live in ``build/examples/{mnist,cifar10,siamese}``, link those too).
 
 ``caffe`` takes Caffe's subcommands (``caffe train -solver ...``); every other name is one tool
 and takes that tool's arguments. Caffe's build also made ``<tool>.bin`` files; those names work.
@@ -29,6 +29,7 @@ TOOLS = {
     "device_query": "device-query",
     "convert_mnist_data": "convert-mnist-data",  # build/examples/mnist/ in Caffe's build
     "convert_cifar_data": "convert-cifar-data",  # build/examples/cifar10/
+    "convert_mnist_siamese_data": "convert-mnist-siamese-data",  # build/examples/siamese/
 }
 
 #: The names ``link-tools`` makes: each tool and its ``.bin`` (Caffe's build has both in build/tools,

@@ -1,4 +1,5 @@
-"""Caffe's ``convert_mnist_data``: MNIST's IDX files -> a Datum LMDB or LevelDB, as Caffe writes it.
+"""Caffe's ``convert_mnist_data`` (and the siamese example's ``convert_mnist_siamese_data``):
+MNIST's IDX files -> a Datum LMDB or LevelDB, as Caffe writes it.
 
 Same checks (image magic 2051, label magic 2049, as many labels as images), same keys
 (``%08d``, the item's position), same Datums: channels 1, height ROWS, width COLS, the raw
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,4 +86,35 @@ def convert_mnist_data(image_file: str | os.PathLike[str], label_file: str | os.
         for item, (pixels, label) in enumerate(zip(mnist.images, mnist.labels)):
             db.put(b"%08d" % item, example_datum(pixels.tobytes(), int(label), 1, rows, cols))
     log.info(f"Processed {count} files.")
+    return count
+
+
+def caffe_rng(seed: int) -> np.random.MT19937:
+    """Caffe's ``caffe_rng_rand()`` stream: boost::mt19937 seeded with ``seed`` (init_genrand),
+    which is what numpy's legacy ``RandomState(seed)`` seeding does; read with ``random_raw``."""
+    key, pos = np.random.RandomState(seed).get_state()[1:3]
+    bits = np.random.MT19937()
+    bits.state = {"bit_generator": "MT19937", "state": {"key": key, "pos": pos}}
+    return bits
+
+
+def convert_mnist_siamese_data(image_file: str | os.PathLike[str], label_file: str | os.PathLike[str],
+                               db_path: str | os.PathLike[str], seed: int | None = None,
+                               overwrite: bool = False) -> int:
+    """Caffe's ``convert_mnist_siamese_data``: as many records as images, record ``%08d`` a
+    2xROWSxCOLS Datum of two images drawn at random (``rand() % count`` twice) with label 1 when
+    their digits are the same, else 0; LevelDB only, as Caffe's. Caffe seeds its generator from
+    the clock; ``seed`` (logged) makes the pairs repeatable, and equal to a Caffe seeded with it."""
+    check_db_target(db_path, "leveldb", overwrite)
+    mnist = MNIST.read(image_file, label_file)
+    count, rows, cols = mnist.images.shape
+    seed = secrets.randbits(32) if seed is None else seed
+    draws = caffe_rng(seed).random_raw(2 * count).reshape(count, 2) % max(count, 1)
+    with build_db(db_path, "leveldb", overwrite) as db:
+        log.info(f"A total of {count} items.")
+        log.info(f"Rows: {rows} Cols: {cols}")
+        log.info(f"Random pairs from seed {seed} (--seed {seed} draws them again)")
+        for item, (i, j) in enumerate(draws):
+            pair = mnist.images[i].tobytes() + mnist.images[j].tobytes()
+            db.put(b"%08d" % item, example_datum(pair, int(mnist.labels[i] == mnist.labels[j]), 2, rows, cols))
     return count
