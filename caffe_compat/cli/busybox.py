@@ -33,7 +33,7 @@ TOOLS = {
 }
 
 #: The names ``link-tools`` makes: each tool and its ``.bin`` (Caffe's build has both in build/tools,
-#: and only ``.bin`` for the examples' converters, which create_mnist.sh and create_cifar10.sh call).
+#: and only ``.bin`` for the examples' converters, which the examples' create_*.sh call).
 LINKS = [*TOOLS, *(f"{name}.bin" for name in TOOLS)]
 
 
