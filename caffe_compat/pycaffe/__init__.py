@@ -10,7 +10,9 @@ Underneath are the library's nets and solvers, so the numbers are the library's.
 
 from caffe_compat.net.layers.python_layer import PythonLayerBase as Layer
 from caffe_compat.net.registry import TEST, TRAIN
+from caffe_compat.net.user_code import provide_caffe
 from caffe_compat.pycaffe import io, net_spec, proto
+from caffe_compat.pycaffe.aliases import caffe_modules
 from caffe_compat.pycaffe.classifier import Classifier
 from caffe_compat.pycaffe.mode import (
     init_log,
@@ -32,6 +34,8 @@ from caffe_compat.pycaffe.solver import (
     Solver,
     get_solver,
 )
+
+provide_caffe(caffe_modules)  # ``import caffe`` in Python layer modules means this package
 
 __version__ = "1.0.0"  # the BVLC Caffe release whose Python API this follows
 
