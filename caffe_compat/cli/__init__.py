@@ -31,6 +31,7 @@ COMMANDS = {
     "export-torch": "onnx", "import-torch": "onnx",
     "device-query": "tools", "extract-features": "tools", "upgrade-solver-proto-text": "tools",
     "convert-db": "tools", "link-tools": "tools",
+    "draw-net": "draw",
 }
 
 #: Commands that run a net, so may import Python layers' modules (see caffe_compat.net.user_code):

@@ -26,6 +26,7 @@ TOOLS = {
     "upgrade_solver_proto_text": "upgrade-solver-proto-text",
     "extract_features": "extract-features",
     "device_query": "device-query",
+    "draw_net.py": "draw-net",  # Caffe's python/draw_net.py (a script, so the name keeps its .py)
 }
 
 
