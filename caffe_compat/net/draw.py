@@ -135,8 +135,11 @@ def get_pydot_graph(caffe_net: caffe_pb2.NetParameter, rankdir: str, label_edges
 
 def draw_net(caffe_net: caffe_pb2.NetParameter, rankdir: str, ext: str = "png", phase: int | None = None,
              display_lrm: bool = False) -> bytes:
-    """The picture of ``caffe_net`` in format ``ext`` (png, svg, pdf, dot, raw, ...), as bytes."""
+    """The picture of ``caffe_net`` in format ``ext`` (png, svg, pdf, dot, ...: any of ``dot -T``), as
+    bytes; ``raw`` is the graph's dot source, before Graphviz lays it out."""
     graph = get_pydot_graph(caffe_net, rankdir, phase=phase, display_lrm=display_lrm)
+    if ext == "raw":  # the dot source, to feed to Graphviz by hand (what draw.py documents for '.raw')
+        return graph.to_string().encode()
     if shutil.which("dot") is None:
         raise GraphvizMissing("drawing nets needs Graphviz's 'dot' program, which is not on PATH: install "
                               "Graphviz (apt-get install graphviz, brew install graphviz, conda install graphviz)")
