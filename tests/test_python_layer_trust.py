@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 import types
 from pathlib import Path
 
@@ -212,3 +213,25 @@ layer { name: "ip" type: "InnerProduct" bottom: "x" top: "h" inner_product_param
 layer { name: "py" type: "Python" bottom: "h" top: "y" python_param { module: "trust_cli_triple" layer: "Triple" } }
 layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }
 """
+
+
+def test_import_caffe_in_a_layer_module_works_from_the_library_alone(tmp_path):
+    """No pycaffe imported by the program: the library's load_net still gives the layer module caffe."""
+    folder = tmp_path / "mylayers"
+    folder.mkdir()
+    (folder / "trust_lib_triple.py").write_text(CAFFE_LAYER)
+    model = _net(tmp_path, "trust_lib_triple", "Triple")
+    script = textwrap.dedent(f"""
+        import sys
+        import torch
+        from caffe_compat.net.builder import load_net
+        assert "caffe_compat.pycaffe" not in sys.modules
+        net = load_net({str(model)!r}, 1)
+        y = net({{"x": torch.ones(2, 3)}})["y"]
+        assert torch.equal(y, torch.full((2, 3), 3.0)), y
+        assert "caffe" not in sys.modules
+        print("ok")
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

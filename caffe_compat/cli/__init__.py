@@ -34,10 +34,6 @@ COMMANDS = {
     "draw-net": "draw",
 }
 
-#: Commands that run a net, so may import Python layers' modules (see caffe_compat.net.user_code):
-#: pycaffe is loaded for them, so that a layer module's own ``import caffe`` finds it.
-RUNS_NETS = {"train", "test", "time", "forward", "extract-features", "predict", "workflow", "demo"}
-
 
 class _Group(click.Group):
     """Turns any failure into one clear line and a non-zero exit, never a traceback.
@@ -56,8 +52,6 @@ class _Group(click.Group):
         name = cmd_name if cmd_name in COMMANDS or cmd_name in self.commands else cmd_name.replace("_", "-")
         if name in COMMANDS and name not in self.commands:
             importlib.import_module(f"caffe_compat.cli.{COMMANDS[name]}")
-        if name in RUNS_NETS:
-            import caffe_compat.pycaffe  # noqa: F401  (``import caffe`` in Python layer modules)
         return super().get_command(ctx, name)
 
     def main(self, args=None, prog_name=None, **extra):  # type: ignore[override]

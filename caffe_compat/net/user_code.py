@@ -28,7 +28,7 @@ from caffe_compat.errors import CaffeCompatError
 _REFUSED: contextvars.ContextVar[str | None] = contextvars.ContextVar("caffe_compat_user_code", default=None)
 
 #: Returns the modules ``import caffe`` should give a layer module (``caffe``, ``caffe.io``, ...);
-#: set by :mod:`caffe_compat.pycaffe` when it is imported (it sits above this package).
+#: set by the package root to pycaffe's (which sits above this package).
 _caffe_modules: Callable[[], dict[str, ModuleType]] | None = None
 
 

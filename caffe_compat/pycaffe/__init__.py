@@ -11,9 +11,7 @@ Underneath are the library's nets and solvers, so the numbers are the library's.
 
 from caffe_compat.net.layers.python_layer import PythonLayerBase as Layer
 from caffe_compat.net.registry import TEST, TRAIN
-from caffe_compat.net.user_code import provide_caffe
 from caffe_compat.pycaffe import coord_map, draw, io, net_spec, proto
-from caffe_compat.pycaffe.aliases import caffe_modules
 from caffe_compat.pycaffe.classifier import Classifier
 from caffe_compat.pycaffe.mode import (
     init_log,
@@ -46,8 +44,6 @@ from caffe_compat.pycaffe.solver import (
     get_solver_from_string,
 )
 from caffe_compat.pycaffe.timer import Timer
-
-provide_caffe(caffe_modules)  # ``import caffe`` in Python layer modules means this package
 
 __version__ = "1.0.0"  # the BVLC Caffe release whose Python API this follows
 
