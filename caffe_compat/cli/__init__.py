@@ -33,6 +33,7 @@ COMMANDS = {
     "export-torch": "onnx", "import-torch": "onnx",
     "device-query": "tools", "extract-features": "tools", "upgrade-solver-proto-text": "tools",
     "convert-db": "tools", "link-tools": "tools",
+    "draw-net": "draw",
 }
 
 

@@ -30,11 +30,13 @@ TOOLS = {
     "convert_mnist_data": "convert-mnist-data",  # build/examples/mnist/ in Caffe's build
     "convert_cifar_data": "convert-cifar-data",  # build/examples/cifar10/
     "convert_mnist_siamese_data": "convert-mnist-siamese-data",  # build/examples/siamese/
+    "draw_net.py": "draw-net",  # Caffe's python/draw_net.py (a script, so the name keeps its .py)
 }
 
 #: The names ``link-tools`` makes: each tool and its ``.bin`` (Caffe's build has both in build/tools,
-#: and only ``.bin`` for the examples' converters, which the examples' create_*.sh call).
-LINKS = [*TOOLS, *(f"{name}.bin" for name in TOOLS)]
+#: and only ``.bin`` for the examples' converters, which the examples' create_*.sh call; scripts
+#: such as ``draw_net.py`` have no ``.bin``).
+LINKS = [*TOOLS, *(f"{name}.bin" for name in TOOLS if not name.endswith(".py"))]
 
 
 def tool_name(argv0: str) -> str | None:

@@ -23,6 +23,7 @@ from caffe_compat.io.summary import (Shape, fmt_shape, indent, inspect_binarypro
 from caffe_compat.io.upgrade import upgrade_net_on_read
 from caffe_compat.net.builder import CaffeNet
 from caffe_compat.net.state import filter_net, net_state
+from caffe_compat.net.user_code import python_layer_name, user_code_refused
 from caffe_compat.proto import caffe_pb2
 
 
@@ -79,10 +80,15 @@ def net_info(net: caffe_pb2.NetParameter, phase: int, from_file: bool) -> NetInf
             module = built.layer_by_name(layer.name) if built is not None else None
             params = [tuple(p.shape) for p in module.blobs] if module is not None else []
         layers.append(
-            LayerInfo(layer.name, layer.type, list(layer.bottom), list(layer.top),
+            LayerInfo(layer.name, _type_name(layer), list(layer.bottom), list(layer.top),
                       [blob_shapes.get(top) for top in layer.top], params)
         )
     return NetInfo(net.name, layers, [note] if note else [], params_known=from_file or built is not None)
+
+
+def _type_name(layer: caffe_pb2.LayerParameter) -> str:
+    """The layer's type; a Python layer's also names its ``module.layer`` (shown, not imported)."""
+    return f"Python ({python_layer_name(layer)})" if layer.type == "Python" else layer.type
 
 
 def _without_blobs(net: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
@@ -158,7 +164,11 @@ def inspect_lines(path: str | os.PathLike[str], phase: int | None = None) -> lis
     ``phase`` picks a net's layers and shapes: TEST by default for a prototxt, the saved
     phase for a caffemodel.
     """
-    path = Path(path)
+    with user_code_refused("inspect"):  # it reads files: a Python layer's module is named, not imported
+        return _inspect_lines(Path(path), phase)
+
+
+def _inspect_lines(path: Path, phase: int | None) -> list[str]:
     if path.is_dir():
         if not (path / "data.mdb").is_file():
             raise CaffeCompatError(f"{path}: a folder, but not an LMDB (no data.mdb)")

@@ -34,6 +34,7 @@ from caffe_compat.errors import CaffeCompatError, where
 from caffe_compat.net.builder import CaffeNet, Step
 from caffe_compat.net.fold import fold_batchnorm
 from caffe_compat.net.registry import TEST, Shape
+from caffe_compat.net.user_code import user_code_refused
 from caffe_compat.onnx.converters import DROPPED_TYPES, converter_for
 from caffe_compat.onnx.emit import Emit
 from caffe_compat.onnx.graph import OnnxGraph
@@ -419,7 +420,8 @@ def export_onnx(model: str | os.PathLike[str], weights: str | os.PathLike[str],
     mode = parse_batch(batch)
     net_param = read_net(model)
     _check_input_dims(net_param, model)
-    net = CaffeNet(net_param, phase=TEST)
+    with user_code_refused("export-onnx"):  # an export reads the net: it never imports Python layers
+        net = CaffeNet(net_param, phase=TEST)
     steps, _ = deploy_steps(net)
     transform, transform_note = requested_transform(steps, mean_file, mean_value, scale, input_format,
                                                      input_uint8, resize)

@@ -6,6 +6,7 @@ WHY: ``import caffe_compat.pycaffe as caffe`` only binds a name, and Python reso
 ``from caffe.proto import ...`` through the module table, so scripts that import caffe's
 submodules by name need the table entries too. Registered here as ``caffe`` and
 ``caffe.<submodule>``; a real Caffe install, if any, is shadowed for this process only.
+(Python layer modules get these names while caffe-compat imports them, without this module.)
 """
 
 from __future__ import annotations
@@ -13,12 +14,7 @@ from __future__ import annotations
 import sys
 
 import caffe_compat.pycaffe as pycaffe
-from caffe_compat.pycaffe import classifier, io, net, net_spec, proto, solver  # noqa: F401  (registered below)
+from caffe_compat.pycaffe.aliases import caffe_modules
 
-_PREFIX = "caffe_compat.pycaffe"
-for _name, _module in list(sys.modules.items()):
-    if _name == _PREFIX or _name.startswith(_PREFIX + ".") and _name != __name__:
-        sys.modules["caffe" + _name[len(_PREFIX):]] = _module
-sys.modules["caffe.proto.caffe_pb2"] = proto.caffe_pb2
 pycaffe.__dict__.setdefault("pycaffe", pycaffe)  # pycaffe's own ``caffe.pycaffe`` module name
-sys.modules["caffe.pycaffe"] = pycaffe
+sys.modules.update(caffe_modules())

@@ -11,8 +11,11 @@ use their own update rule whatever the file's ``type``; ``get_solver(path)`` use
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
-from caffe_compat.io.prototxt import read_solver
+from caffe_compat.io.prototxt import parse_text, read_solver
+from caffe_compat.io.upgrade import upgrade_solver_as_needed
+from caffe_compat.proto import caffe_pb2
 from caffe_compat.pycaffe import mode
 from caffe_compat.pycaffe.net import Net
 from caffe_compat.solver import distributed
@@ -25,8 +28,8 @@ class Solver:
 
     solver_type: str | None = None  # the update rule this class stands for; None: the file's
 
-    def __init__(self, solver_file: str | os.PathLike[str]) -> None:
-        options = TrainOptions(progress=False, solver_type=self.solver_type)
+    def __init__(self, solver_file: str | os.PathLike[str] | caffe_pb2.SolverParameter) -> None:
+        options = TrainOptions(progress=False, solver_type=self.solver_type, pycaffe_mode=True)
         self._solver = LibrarySolver(solver_file, options, rank=distributed.Rank(device=mode.device()))
         self.net = Net._wrap(self._solver.net, self._solver.feeder)
         self.test_nets = [Net._wrap(n, f) for n, f in zip(self._solver.test_nets, self._solver.test_feeders)]
@@ -73,6 +76,23 @@ class Solver:
         self._sync()
         self._solver.updater.apply(self.lr, self._solver.iter)
 
+    def add_callback(self, on_start: Callable[[], Any], on_gradients: Callable[[], Any]) -> None:
+        """Caffe's add_callback: ``on_start()`` before each iteration's forward, ``on_gradients()``
+        after its backward and before the update."""
+        self._solver.callbacks.append(_Callback(on_start, on_gradients))
+
+    def share_weights(self, net: Net) -> None:
+        """Make ``net``'s layers use this solver's trained blobs (same layer names), as Caffe's
+        share_weights: what the solver learns, ``net`` sees, without copying."""
+        self._solver.share_weights(net._net)
+
+
+class _Callback:
+    """Two Python callables as Caffe's Solver::Callback."""
+
+    def __init__(self, on_start: Callable[[], Any], on_gradients: Callable[[], Any]) -> None:
+        self.on_start, self.on_gradients_ready = on_start, on_gradients
+
 
 class SGDSolver(Solver):
     solver_type = "SGD"
@@ -105,3 +125,11 @@ _BY_TYPE = {cls.solver_type: cls for cls in (SGDSolver, NesterovSolver, AdaGradS
 def get_solver(solver_file: str | os.PathLike[str]) -> Solver:
     """The solver the file's ``type`` names (Caffe's ``get_solver``)."""
     return _BY_TYPE.get(read_solver(solver_file).type, Solver)(solver_file)
+
+
+def get_solver_from_string(solver_text: str | bytes) -> Solver:
+    """The solver a solver prototxt's text describes (its ``type``'s class); paths in it are
+    relative to the current folder, as in a solver file."""
+    param = parse_text(solver_text, caffe_pb2.SolverParameter(), "<string>")
+    upgrade_solver_as_needed(param, "<string>")
+    return _BY_TYPE.get(param.type, Solver)(param)

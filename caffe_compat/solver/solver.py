@@ -73,6 +73,7 @@ class TrainOptions:
     progress: bool | None = None  # None: only when stderr is a terminal
     log_file: str | None = None
     solver_type: str | None = None  # pycaffe's SGDSolver, AdamSolver, ...: the class decides, not `type:`
+    pycaffe_mode: bool = False  # the device is pycaffe's set_mode_*: solver_mode is the caffe tool's, not ours
 
 
 @dataclass
@@ -113,12 +114,19 @@ class NonFiniteLossError(CaffeCompatError):
 # ---------------------------------------------------------------------------- solver file
 
 
-def read_solver_param(path: str | os.PathLike[str], options: TrainOptions) -> caffe_pb2.SolverParameter:
-    """The SolverParameter ``caffe train`` would run, after Caffe's upgrades and the CLI flags."""
-    path = Path(path)
-    if not path.is_file():
-        raise CaffeCompatError(f"{path}: solver file does not exist")
-    sp = read_solver(path)  # Caffe's solver upgrades, snapshot_prefix defaults included
+def read_solver_param(path: str | os.PathLike[str] | caffe_pb2.SolverParameter,
+                      options: TrainOptions) -> caffe_pb2.SolverParameter:
+    """The SolverParameter ``caffe train`` would run, after Caffe's upgrades and the CLI flags
+    (``path`` may also be a parsed SolverParameter, as pycaffe's ``get_solver_from_string`` gives)."""
+    if isinstance(path, caffe_pb2.SolverParameter):
+        sp = caffe_pb2.SolverParameter()
+        sp.CopyFrom(path)
+        path = Path(solver_source(path))
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise CaffeCompatError(f"{path}: solver file does not exist")
+        sp = read_solver(path)  # Caffe's solver upgrades, snapshot_prefix defaults included
     sp.train_state.level = options.level
     sp.train_state.stage.extend(options.stages)
     if options.resume:
@@ -141,6 +149,11 @@ def read_solver_param(path: str | os.PathLike[str], options: TrainOptions) -> ca
         raise CaffeCompatError(f"{src}: iter_size must be >= 1 and test_iter >= 0 "
                                f"(got {sp.iter_size}, {list(sp.test_iter)})")
     return sp
+
+
+def solver_source(solver: str | os.PathLike[str] | caffe_pb2.SolverParameter) -> str:
+    """How messages name a solver: its file, or ``<string>`` for one given as text."""
+    return "<string>" if isinstance(solver, caffe_pb2.SolverParameter) else os.fspath(solver)
 
 
 def _read_net_file(name: str, solver_src: str, what: str):
@@ -246,17 +259,19 @@ class _TrainForward(torch.nn.Module):
 class Solver:
     """One ``caffe train`` run. Build it, optionally ``load_weights`` / ``restore``, then ``solve``."""
 
-    def __init__(self, solver_path: str | os.PathLike[str], options: TrainOptions | None = None,
+    def __init__(self, solver_path: str | os.PathLike[str] | caffe_pb2.SolverParameter,
+                 options: TrainOptions | None = None,
                  log: CaffeLog | None = None, rank: distributed.Rank | None = None) -> None:
         self.options = options or TrainOptions()
         self.rank = rank or distributed.Rank()
         self.device = self.rank.device
-        self.source = os.fspath(solver_path)
+        self.source = solver_source(solver_path)
         self.log = log or CaffeLog(enabled=self.rank.is_root)
         self.param = read_solver_param(solver_path, self.options)
         sp = self.param
         self.log.info("solver.cpp:45", f"Initializing solver from parameters: \n{to_text(sp)}")
-        if sp.solver_mode == caffe_pb2.SolverParameter.GPU and self.device.type == "cpu":
+        if sp.solver_mode == caffe_pb2.SolverParameter.GPU and self.device.type == "cpu" and \
+                not self.options.pycaffe_mode:
             self.log.warning(OURS, "solver_mode is GPU but " + ("no CUDA device is available" if not torch.cuda.is_available()
                              else "no -gpu was given") + "; training on the CPU")
         if sp.random_seed >= 0:
@@ -305,6 +320,9 @@ class Solver:
         self._keep_smoothing = False
         self._pending: list[tuple[int, torch.Tensor]] = []
         self.result = TrainResult(iterations=0)
+        #: Caffe's Solver::Callback objects: ``on_start()`` before each iteration's forward,
+        #: ``on_gradients_ready()`` after its backward, before the update (pycaffe's add_callback).
+        self.callbacks: list[Any] = []
         for weights in sp.weights:
             self.load_weights(weights.split(","))
 
@@ -358,6 +376,10 @@ class Solver:
                         f"{tuple(blob.shape)} in the train net"
                     )
                 step.layer.blobs[i] = blob
+
+    def share_weights(self, net: CaffeNet) -> None:
+        """Caffe's Solver::share_weights: ``net``'s same-named layers use this solver's trained blobs."""
+        self._share_trained_layers(net)
 
     def _train_module(self) -> torch.nn.Module:
         module: torch.nn.Module = distributed.wrap(_TrainForward(self.net), self.rank)
@@ -511,6 +533,8 @@ class Solver:
             loop_start = time.perf_counter()
             wait_before, images_before = self.feeder.wait_seconds, self.feeder.images
             display = bool(sp.display) and self.iter % sp.display == 0
+            for callback in self.callbacks:
+                callback.on_start()
             loss, outputs = self._forward_backward()
             self._pending.append((self.iter, loss))
             if display or len(self._pending) >= flush_every:
@@ -526,6 +550,8 @@ class Solver:
                 rate = float(np.float32(rate * (self.iter + 1) / self.options.warmup))
             if display:
                 self.log.learning_rate(self.iter, rate)
+            for callback in self.callbacks:
+                callback.on_gradients_ready()
             self.updater.apply(rate, self.iter)
             if self.average is not None:
                 self.average.update()

@@ -15,12 +15,12 @@ A class registered with ``register_layer("Python:<module>.<layer>")`` takes prec
 
 from __future__ import annotations
 
-import importlib
 import numpy as np
 import torch
 from torch import nn
 
 from caffe_compat.net.registry import Layer, Shape, register_layer
+from caffe_compat.net.user_code import trusted_layer_class
 
 
 class LegacyShape:
@@ -142,19 +142,9 @@ class _RunPython(torch.autograd.Function):
 
 
 def user_layer_class(param, fail) -> type:
-    """The class ``python_param.layer`` of module ``python_param.module`` (imported as Caffe does)."""
-    p = param.python_param
-    if not p.module or not p.layer:
-        raise fail("python_param needs both module and layer")
-    try:
-        module = importlib.import_module(p.module)
-    except ImportError as exc:
-        raise fail(f"cannot import python_param.module '{p.module}' ({exc}); put its folder on PYTHONPATH, "
-                   "as for Caffe") from None
-    cls = getattr(module, p.layer, None)
-    if not isinstance(cls, type):
-        raise fail(f"module '{p.module}' ({getattr(module, '__file__', '?')}) has no class '{p.layer}'")
-    return cls
+    """The ``caffe.Layer`` subclass ``python_param.layer`` of ``python_param.module`` (see
+    :mod:`caffe_compat.net.user_code` for what is imported when)."""
+    return trusted_layer_class(param, PythonLayerBase, fail)
 
 
 @register_layer("Python")
