@@ -97,3 +97,51 @@ def seeded_net(text: str, seed: int = 0, conf_gain: float = 1.0) -> CaffeNet:
 
 def image(batch: int = 1, size: int = 48, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, (batch, 3, size, size)).astype(np.float32)
+
+
+# OpenCV 4.x's own Caffe importer as an independent oracle. Debian's python3-opencv (4.6) has
+# readNetFromCaffe but lives in /usr/bin/python3's site-packages, so it runs in a subprocess that
+# exchanges .npy files.
+SYSTEM_PYTHON = "/usr/bin/python3"
+_OPENCV_RUN = """
+import sys, cv2, numpy as np
+prototxt, model, image, out = sys.argv[1:5]
+net = cv2.dnn.readNetFromCaffe(prototxt, model)
+net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+net.setInput(np.load(image))
+np.save(out, net.forward(sys.argv[5]))
+"""
+
+
+def opencv_available() -> bool:
+    import shutil
+    import subprocess
+
+    if shutil.which(SYSTEM_PYTHON) is None:
+        return False
+    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import cv2; cv2.dnn.readNetFromCaffe"], capture_output=True)
+    return probe.returncode == 0
+
+
+def opencv_forward(prototxt, caffemodel, data: np.ndarray, blob: str, folder) -> np.ndarray:
+    """``blob`` as OpenCV's Caffe importer computes it for input ``data``."""
+    import subprocess
+    from pathlib import Path
+
+    folder = Path(folder)
+    np.save(folder / "cv_in.npy", data)
+    subprocess.run([SYSTEM_PYTHON, "-c", _OPENCV_RUN, str(prototxt), str(caffemodel), str(folder / "cv_in.npy"),
+                    str(folder / "cv_out.npy"), blob], check=True, capture_output=True, timeout=300)
+    return np.load(folder / "cv_out.npy")
+
+
+def save_net(net: CaffeNet, text: str, folder) -> tuple:
+    """The prototxt and a caffemodel of ``net``'s weights in ``folder``."""
+    from pathlib import Path
+
+    from caffe_compat.net.weights import net_to_proto
+
+    folder = Path(folder)
+    (folder / "net.prototxt").write_text(text)
+    (folder / "net.caffemodel").write_bytes(net_to_proto(net).SerializeToString())
+    return folder / "net.prototxt", folder / "net.caffemodel"

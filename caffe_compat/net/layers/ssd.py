@@ -165,17 +165,18 @@ class PriorBox(Layer):
         self._cache: dict[tuple[int, ...], torch.Tensor] = {}
         self.top_shapes()
 
-    def _priors(self, feature: Shape, image: Shape) -> torch.Tensor:
+    def priors(self, feature: Shape, image: Shape) -> torch.Tensor:
+        """The top for bottoms of these shapes (cached per feature map and image size)."""
         key = (*feature[2:], *image[2:])
         if key not in self._cache:
             self._cache[key] = torch.from_numpy(prior_boxes(self.prior_param, feature[2:], image[2:]))
         return self._cache[key]
 
     def top_shapes(self) -> list[Shape]:
-        return [tuple(self._priors(*self.bottom_shapes).shape)]
+        return [tuple(self.priors(*self.bottom_shapes).shape)]
 
     def forward(self, feature: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor]:
-        priors = self._priors(tuple(feature.shape), tuple(image.shape))
+        priors = self.priors(tuple(feature.shape), tuple(image.shape))
         return (priors.to(device=feature.device, dtype=feature.dtype),)
 
 
