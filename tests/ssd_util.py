@@ -109,7 +109,8 @@ prototxt, model, image, out = sys.argv[1:5]
 net = cv2.dnn.readNetFromCaffe(prototxt, model)
 net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
 net.setInput(np.load(image))
-np.save(out, net.forward(sys.argv[5]))
+names = sys.argv[5:]
+np.savez(out, **dict(zip(names, net.forward(names))))
 """
 
 
@@ -123,16 +124,20 @@ def opencv_available() -> bool:
     return probe.returncode == 0
 
 
-def opencv_forward(prototxt, caffemodel, data: np.ndarray, blob: str, folder) -> np.ndarray:
-    """``blob`` as OpenCV's Caffe importer computes it for input ``data``."""
+def opencv_forward(prototxt, caffemodel, data: np.ndarray, blobs: list[str], folder) -> dict[str, np.ndarray]:
+    """``blobs`` as OpenCV's Caffe importer computes them for input ``data``."""
     import subprocess
     from pathlib import Path
 
     folder = Path(folder)
     np.save(folder / "cv_in.npy", data)
-    subprocess.run([SYSTEM_PYTHON, "-c", _OPENCV_RUN, str(prototxt), str(caffemodel), str(folder / "cv_in.npy"),
-                    str(folder / "cv_out.npy"), blob], check=True, capture_output=True, timeout=300)
-    return np.load(folder / "cv_out.npy")
+    done = subprocess.run([SYSTEM_PYTHON, "-c", _OPENCV_RUN, str(prototxt), str(caffemodel),
+                           str(folder / "cv_in.npy"), str(folder / "cv_out.npz"), *blobs],
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode:
+        raise RuntimeError(f"OpenCV failed on {prototxt}: {done.stderr.strip().splitlines()[-1:]}")
+    with np.load(folder / "cv_out.npz") as out:
+        return dict(out)
 
 
 def save_net(net: CaffeNet, text: str, folder) -> tuple:
