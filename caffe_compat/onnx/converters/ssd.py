@@ -62,7 +62,7 @@ def _decode(e: Emit, loc: str, prior: str) -> str:
     px0, py0, px1, py1 = e.node("Split", [boxes, four], outputs=4, axis=-1)
     v0, v1, v2, v3 = e.node("Split", [variances, four], outputs=4, axis=-1)
     l0, l1, l2, l3 = e.node("Split", [loc, four], outputs=4, axis=-1)
-    two = e.const("two", np.float32(2))
+    two = e.const("two", np.float32(2), np.float32)
 
     def scaled(v: str, x: str) -> str:
         return x if layer.variance_in_target else e.node("Mul", [v, x])
