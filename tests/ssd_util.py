@@ -75,8 +75,9 @@ layer {{ name: "detection_out" type: "DetectionOutput" bottom: "mbox_loc" bottom
 
 def seeded_net(text: str, seed: int = 0, conf_gain: float = 1.0) -> CaffeNet:
     """The net with seeded weights: N(0, 1/fan_in) for weights, N(0, 0.1^2) for biases, 1 +/- 0.1
-    for Normalize scales (SSD trains them near 20; 1 keeps the softmax from saturating); the confidence convolutions' weights times ``conf_gain`` (a larger gain
-    spreads the softmax, so that a confidence threshold keeps a few boxes per class)."""
+    for Normalize scales (SSD trains them near 20; 1 keeps the softmax from saturating); the
+    confidence convolutions' weights times ``conf_gain`` (a larger gain spreads the softmax, so
+    that a confidence threshold keeps a few boxes per class)."""
     net = CaffeNet(parse_net_text(text), phase=TEST)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
