@@ -208,6 +208,13 @@ def test_detection_decodes_center_size_with_variance():
                                rtol=1e-6)
 
 
+def test_detection_clip_is_opencvs_clip_of_the_decoded_boxes():
+    boxes = [[-0.5, 0.2, 0.5, 1.5]]
+    scores = np.float32([[[0.1, 0.9]]])
+    np.testing.assert_array_equal(_detect(boxes, scores, "clip: true")[:, 3:], np.float32([[0, 0.2, 0.5, 1]]))
+    np.testing.assert_array_equal(_detect(boxes, scores, "")[:, 3:], np.float32(boxes))
+
+
 def test_detection_rejects_mismatched_bottoms():
     with pytest.raises(CaffeCompatError, match="priors x 1 x 4"):
         make_layer('type: "DetectionOutput" detection_output_param { num_classes: 2 }', (1, 12), (1, 4), (1, 2, 8))
@@ -292,7 +299,7 @@ def canonical(rows: np.ndarray) -> np.ndarray:
     ("CORNER", False, "nms_param { nms_threshold: 0.3 top_k: 20 } keep_top_k: 200 confidence_threshold: 0.4"),
     # OpenCV 4.6 reads no CORNER_SIZE and wants priors without variances when
     # variance_encoded_in_target: those are checked against the fork's loops and onnxruntime only
-    ("CENTER_SIZE", False, "nms_param { nms_threshold: 0.5 } keep_top_k: 50 confidence_threshold: 0.35"),
+    ("CENTER_SIZE", False, "nms_param { nms_threshold: 0.5 } keep_top_k: 50 confidence_threshold: 0.35 clip: true"),
 ])
 def test_ssd_detections_equal_opencv(tmp_path, normalize, code, share, detection):
     """Our net and OpenCV's Caffe importer on one prototxt + caffemodel (OpenCV insists on a

@@ -250,7 +250,8 @@ class DetectionOutput(Layer):
     fork's std::sort leaves ties unspecified, here (and in the ONNX export) ties keep class then
     NMS order. The top is (1, 1, D, 7) rows [image, label, score, xmin, ymin, xmax, ymax], per
     image by class then NMS order; with no detection at all, one row [i, -1, ...] per image.
-    Saving results to files and visualising are not done. The fork has no backward.
+    Saving results to files and visualising are not done. The fork has no backward. ``clip``
+    (OpenCV's field, set by its res10 face detector) clips the decoded boxes to [0, 1] before NMS.
     """
 
     def __init__(self, param, bottom_shapes, phase) -> None:
@@ -267,6 +268,7 @@ class DetectionOutput(Layer):
         self.background = int(p.background_label_id)
         self.code_type = int(p.code_type)
         self.variance_in_target = bool(p.variance_encoded_in_target)
+        self.clip = bool(p.clip)
         self.keep_top_k = int(p.keep_top_k)
         self.threshold = float(np.float32(p.confidence_threshold)) if p.HasField("confidence_threshold") \
             else float(-np.finfo(np.float32).max)
@@ -296,7 +298,8 @@ class DetectionOutput(Layer):
         p = self.num_priors
         loc = loc.reshape(loc.shape[0], p, self.num_loc_classes, 4).transpose(1, 2).float()
         prior = prior.reshape(2, p, 4).float()
-        return decode_boxes(loc, prior[0], prior[1], self.code_type, self.variance_in_target)
+        boxes = decode_boxes(loc, prior[0], prior[1], self.code_type, self.variance_in_target)
+        return boxes.clamp(0.0, 1.0) if self.clip else boxes
 
     @torch.no_grad()
     def forward(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor]:

@@ -84,7 +84,11 @@ def _decode(e: Emit, loc: str, prior: str) -> str:
         half_h = e.node("Div", [e.node("Mul", [e.node("Exp", [scaled(v3, l3)]), ph]), two])
         out = [e.node("Sub", [cx, half_w]), e.node("Sub", [cy, half_h]),
                e.node("Add", [cx, half_w]), e.node("Add", [cy, half_h])]
-    return e.node("Concat", out, axis=-1)
+    boxes = e.node("Concat", out, axis=-1)
+    if layer.clip:
+        boxes = e.node("Clip", [boxes, e.const("clip_min", np.float32(0), np.float32),
+                                e.const("clip_max", np.float32(1), np.float32)])
+    return boxes
 
 
 def _column(e: Emit, table: str, i: int) -> str:
