@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("prototxt", nargs="+", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--conf-gain", type=float, default=4.0)
+    parser.add_argument("--conf-gain", type=float, default=10.0)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         for prototxt in args.prototxt:
