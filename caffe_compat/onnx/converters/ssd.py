@@ -132,7 +132,8 @@ def detection_output(e: Emit) -> None:
         key = e.node("Reshape", [key, e.ints("key_shape", [-1, 1, p])])
     selected = e.node("NonMaxSuppression", [
         nms_boxes, key, e.const("max_boxes", np.array([p], np.int64)),
-        e.const("iou", np.array([layer.nms_threshold], np.float32), np.float32),
+        # NonMaxSuppression takes thresholds in [0, 1]; above 1 the fork suppresses nothing either
+        e.const("iou", np.array([min(layer.nms_threshold, 1.0)], np.float32), np.float32),
         e.const("above", np.array([0], np.float32), np.float32)])
     image, label, index = (_column(e, selected, i) for i in range(3))
     if not layer.share_location:
