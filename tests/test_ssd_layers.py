@@ -292,14 +292,15 @@ def canonical(rows: np.ndarray) -> np.ndarray:
 
 
 @needs_opencv
-@pytest.mark.parametrize("normalize", ["across_spatial: false", "across_spatial: false channel_shared: false",
-                                       "across_spatial: true"])
-@pytest.mark.parametrize("code, share, detection", [
-    ("CENTER_SIZE", True, "nms_param { nms_threshold: 0.45 top_k: 50 } keep_top_k: 20 confidence_threshold: 0.3"),
-    ("CORNER", False, "nms_param { nms_threshold: 0.3 top_k: 20 } keep_top_k: 200 confidence_threshold: 0.4"),
+@pytest.mark.parametrize("normalize, code, share, detection", [
+    ("across_spatial: false", "CENTER_SIZE", True,
+     "nms_param { nms_threshold: 0.45 top_k: 50 } keep_top_k: 20 confidence_threshold: 0.3"),
+    ("across_spatial: false channel_shared: false", "CORNER", False,
+     "nms_param { nms_threshold: 0.3 top_k: 20 } keep_top_k: 200 confidence_threshold: 0.4"),
     # OpenCV 4.6 reads no CORNER_SIZE and wants priors without variances when
     # variance_encoded_in_target: those are checked against the fork's loops and onnxruntime only
-    ("CENTER_SIZE", False, "nms_param { nms_threshold: 0.5 } keep_top_k: 50 confidence_threshold: 0.35 clip: true"),
+    ("across_spatial: true", "CENTER_SIZE", False,
+     "nms_param { nms_threshold: 0.5 } keep_top_k: 50 confidence_threshold: 0.35 clip: true"),
 ])
 def test_ssd_detections_equal_opencv(tmp_path, normalize, code, share, detection):
     """Our net and OpenCV's Caffe importer on one prototxt + caffemodel (OpenCV insists on a
