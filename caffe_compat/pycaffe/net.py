@@ -372,8 +372,8 @@ class Net:
         steps = net.plan if whole and not record else net.steps[first : last + 1]
         fed = self._fed(steps) if advance else {}
         env: dict[str, torch.Tensor] = {}
-        for k in range(last + 1, len(net.steps)):
-            self._segments.pop(k, None)  # their bottoms may change now: recompute if asked
+        for k in [k for k in self._segments if k >= first]:
+            del self._segments[k]  # their bottoms change now: rerun or recompute if asked
         for k, step in enumerate(steps):
             index = first + k
             if step.layer.is_source:
@@ -389,7 +389,6 @@ class Net:
                 else:
                     with torch.no_grad():
                         tops = CaffeNet._call(step, bottoms)
-                    self._segments.pop(index, None)
             for name, value in zip(step.tops, tops):
                 env[name] = value
         for name, value in env.items():
