@@ -364,3 +364,24 @@ def test_python_data_layer_fine_tuning_loop(py_layers, monkeypatch):
         np.testing.assert_allclose(score_diff, (score - label).T @ conv / 3, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(frozen, source.params["conv"][0].data)
     assert not np.array_equal(solver.net.params["score"][0].data, source.params["score"][0].data)
+
+
+def test_backward_from_a_loss_without_a_top_name_uses_its_weight(tmp_path):
+    """A loss layer with no top (Caffe's anonymous top) starts backward from its loss_weight."""
+    (tmp_path / "loss.prototxt").write_text("""name: 'anon'
+layer { name: 'data' type: 'Input' top: 'data' top: 'label' input_param { shape { dim: 4 dim: 3 } shape { dim: 4 } } }
+layer { name: 'ip' type: 'InnerProduct' bottom: 'data' top: 'ip'
+        inner_product_param { num_output: 5 weight_filler { type: 'gaussian' std: 1 } } }
+layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'ip' bottom: 'label' loss_weight: 2 }
+""")
+    net = caffe.Net(str(tmp_path / "loss.prototxt"), caffe.TRAIN)
+    x = np.random.default_rng(5).normal(size=(4, 3)).astype(np.float32)
+    net.blobs["data"].data[...] = x
+    net.blobs["label"].data[...] = [0, 1, 2, 4]
+    net.forward()
+    net.backward()
+    ip = net.blobs["ip"].data
+    prob = np.exp(ip - ip.max(1, keepdims=True))
+    prob /= prob.sum(1, keepdims=True)
+    prob[np.arange(4), [0, 1, 2, 4]] -= 1
+    np.testing.assert_allclose(net.params["ip"][0].diff, 2 * prob.T @ x / 4, rtol=1e-4, atol=1e-6)

@@ -204,11 +204,11 @@ class Net:
         view the user holds sees it); a new buffer only when the shape changes."""
         value = value.detach()
         buffer = self._data.get(name)
-        if buffer is not None and buffer.shape == value.shape and buffer.dtype == value.dtype:
+        if buffer is not None and buffer.shape == value.shape:
             if buffer.data_ptr() != value.data_ptr():
-                buffer.copy_(value)
+                buffer.copy_(value)  # integer labels become float, as in Caffe's blobs
         else:
-            self._data[name] = value.clone() if value.dtype == torch.float32 else value.float()
+            self._data[name] = value.to(torch.float32, copy=True)
 
     def _reshape_blob(self, name: str, shape: tuple[int, ...]) -> None:
         """Caffe's Blob::Reshape: the same memory when the count is unchanged, else new zeros."""
@@ -449,12 +449,13 @@ class Net:
         if step.layer.is_source:
             return
         segment = self._segments.get(index)
-        if segment is None or any(t.shape != self._value(n).shape for n, t in zip(step.tops, segment[1])):
+        if segment is None or any(t.shape != self._value(n).shape for n, t in zip(step.tops, segment[1])
+                                  if n in self._net.blob_shapes):
             segment = self._segments[index] = self._recompute(index)
         bottoms, tops = segment
         for leaf in bottoms:
             leaf.grad = None
-        pairs = [(t, self._diff(n).to(t.dtype)) for n, t in zip(step.tops, tops) if t.requires_grad]
+        pairs = [(t, self._top_diff(n, t, w)) for n, t, w in zip(step.tops, tops, step.loss_weights) if t.requires_grad]
         if pairs:
             torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs], retain_graph=True)
         with torch.no_grad():
@@ -465,6 +466,11 @@ class Net:
                         diff.zero_()
                     else:
                         diff.copy_(leaf.grad.reshape(diff.shape))
+
+    def _top_diff(self, name: str, top: torch.Tensor, weight: float) -> torch.Tensor:
+        if name not in self._net.blob_shapes:  # a loss layer's anonymous top: no blob, its weight
+            return torch.full_like(top, weight)
+        return self._diff(name).to(top.dtype)
 
     def _recompute(self, index: int) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
         """A layer's pass on its bottoms' current data, for a backward no forward recorded."""
