@@ -390,10 +390,11 @@ class Net:
                     with torch.no_grad():
                         tops = CaffeNet._call(step, bottoms)
             for name, value in zip(step.tops, tops):
+                if name in net.blob_shapes:
+                    self._store(name, value)
+                    if not value.requires_grad:  # later layers read the buffer: the top's memory is free again
+                        value = self._data[name]
                 env[name] = value
-        for name, value in env.items():
-            if name in net.blob_shapes:
-                self._store(name, value)
         updates = [u for s in steps for part in getattr(s.layer, "parts", [s.layer])
                    if part.defer_running_updates for u in part.running_updates()]
         if updates:
