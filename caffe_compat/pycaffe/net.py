@@ -83,6 +83,10 @@ class _ActivationBlob(Blob):
     def _diff_tensor(self) -> torch.Tensor:
         return self._net._diff(self._name)
 
+    @property
+    def data(self) -> np.ndarray:
+        return self._net._host_view(self._net._buffer(self._name))
+
     def reshape(self, *shape: int) -> None:
         self._net._reshape_blob(self._name, tuple(int(d) for d in shape))
 
@@ -164,6 +168,7 @@ class Net:
         self._segments: dict[int, tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]] = {}
         self._mirrors: list[tuple[torch.Tensor, np.ndarray]] = []
         self._own_pass = False  # True while this object runs layers (the library-run hooks stand by)
+        self._viewed: set[str] = set()  # blobs whose data buffer the user may hold a view of
         self._memory: list[Any] | None = None  # set_input_arrays: [data, labels, position]
         self.blobs: OrderedDict[str, Blob] = OrderedDict((n, _ActivationBlob(self, n)) for n in net.blob_shapes)
         self._layer_names: list[str] = [s.name for s in net.steps]
@@ -199,12 +204,22 @@ class Net:
             diff = self._diffs[name] = torch.zeros(value.shape, device=value.device)
         return diff
 
+    def _buffer(self, name: str) -> torch.Tensor:
+        """The blob's data as memory of its own, kept from now on: the user holds a view of it."""
+        if name not in self._viewed:
+            self._data[name] = self._value(name).detach().clone()
+            self._viewed.add(name)
+        return self._data[name]
+
     def _store(self, name: str, value: torch.Tensor) -> None:
-        """Write a layer's top into the blob's buffer (Caffe's blobs keep their memory, so a
-        view the user holds sees it); a new buffer only when the shape changes."""
+        """A layer's top as the blob's data. A blob the user has a view of keeps its buffer
+        (Caffe's blobs keep their memory, so the view sees the new values; a new buffer only when
+        the shape changes); the others just take the top (no copy)."""
         value = value.detach()
         buffer = self._data.get(name)
-        if buffer is not None and buffer.shape == value.shape:
+        if name not in self._viewed:
+            self._data[name] = value if value.dtype == torch.float32 else value.float()
+        elif buffer is not None and buffer.shape == value.shape:
             if buffer.data_ptr() != value.data_ptr():
                 buffer.copy_(value)  # integer labels become float, as in Caffe's blobs
         else:
