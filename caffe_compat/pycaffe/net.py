@@ -396,9 +396,7 @@ class Net:
             else:
                 bottoms = [env[b] if b in env else self._value(b) for b in step.bottoms]
                 if record and self._layer_need[index]:
-                    # a bottom that is its blob's buffer is copied: an in-place top may overwrite the buffer
-                    bottoms = [(b.clone() if b is self._data.get(name) else b).detach().requires_grad_(
-                        down and b.is_floating_point()) for name, b, down in zip(step.bottoms, bottoms, self._bottom_need[index])]
+                    bottoms = self._leaves(index, bottoms)
                     tops = CaffeNet._call(step, bottoms)
                     self._segments[index] = (bottoms, tops)
                 else:
@@ -414,6 +412,14 @@ class Net:
                    if part.defer_running_updates for u in part.running_updates()]
         if updates:
             apply_running_updates(updates)
+
+    def _leaves(self, index: int, values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """A layer's bottoms cut from the graph (its backward runs alone), asking for the
+        gradients Caffe propagates down. A bottom that is its blob's buffer is copied: an
+        in-place top may overwrite the buffer before the backward."""
+        names, downs = self._net.steps[index].bottoms, self._bottom_need[index]
+        return [(value.clone() if value is self._data.get(name) else value).detach().requires_grad_(
+                    down and value.is_floating_point()) for name, value, down in zip(names, values, downs)]
 
     def _reads_data(self, step: Step) -> bool:
         return step.layer.is_source and step.type not in _CALLER_FED
@@ -491,8 +497,7 @@ class Net:
     def _recompute(self, index: int) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
         """A layer's pass on its bottoms' current data, for a backward no forward recorded."""
         step = self._net.steps[index]
-        bottoms = [self._value(b).detach().clone().requires_grad_(down and self._value(b).is_floating_point())
-                   for b, down in zip(step.bottoms, self._bottom_need[index])]
+        bottoms = self._leaves(index, [self._value(b) for b in step.bottoms])
         with torch.enable_grad(), self._pass():
             tops = CaffeNet._call(step, bottoms)
         return bottoms, tops
