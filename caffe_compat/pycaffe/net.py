@@ -103,7 +103,7 @@ class _ParamBlob(Blob):
 
     def _diff_tensor(self) -> torch.Tensor:
         param = self._layer.blobs[self._index]
-        if param.grad is None:
+        if param.grad is None:  # made on first use; autograd and the solver then work in it in place
             param.grad = torch.zeros_like(param)
         return param.grad
 
@@ -185,9 +185,6 @@ class Net:
         self._blob_names = list(self.blobs)
         self._plan_backward()
         self._init_loss_diffs()
-        for param in net.parameters():  # one diff buffer per param, as Caffe's blobs have
-            if param.requires_grad and param.grad is None:
-                param.grad = torch.zeros_like(param)
 
     # ------------------------------------------------------------------ blob storage
 
