@@ -22,3 +22,16 @@ def where(path: str | os.PathLike[str], line: int | None = None, column: int | N
         if column is not None:
             loc += f":{column}"
     return loc
+
+
+def mark_user_code(exc: BaseException, where_: str) -> None:
+    """Note where user code (a Python layer) raised ``exc`` without changing it: library code
+    lets it pass as itself (its type is what the user's ``except`` catches), and the CLI names
+    ``where_`` in its one line (see :func:`user_code_where`)."""
+    if not hasattr(exc, "caffe_compat_where"):
+        exc.caffe_compat_where = where_  # type: ignore[attr-defined]
+
+
+def user_code_where(exc: BaseException) -> str | None:
+    """Where user code raised ``exc``, or None when the library did."""
+    return getattr(exc, "caffe_compat_where", None)

@@ -11,6 +11,8 @@ instead of a traceback or a silent death:
 - SIGBUS, which a memory map raises when its file is shorter than it claims (LMDB files are
   checked before mapping, see :mod:`caffe_compat.io.lmdb_file`, so this is the last resort),
   prints a line naming the mapped files (:mod:`caffe_compat.io.mapped`) instead of a silent death;
+- an exception the user's own code raised (a Python layer's, see
+  :func:`~caffe_compat.errors.mark_user_code`) names the layer and method, type and message;
 - any other exception is a bug: one line saying so (``CAFFE_COMPAT_DEBUG=1`` shows the
   traceback instead).
 """
@@ -27,7 +29,7 @@ from typing import Iterator
 
 import click
 
-from caffe_compat.errors import CaffeCompatError
+from caffe_compat.errors import CaffeCompatError, user_code_where
 
 PREFIX = "caffe-compat: error: "
 _DEBUG = "CAFFE_COMPAT_DEBUG"
@@ -158,6 +160,9 @@ def one_line_errors() -> Iterator[None]:
 def _unexpected(exc: Exception) -> str:
     """An exception no library code turned into a located error: what it most likely means."""
     kind = type(exc)
+    where = user_code_where(exc)
+    if where:
+        return f"{where} raised {kind.__name__}: {exc}"
     if kind.__module__.split(".")[0] == "lmdb":
         return f"damaged or unreadable LMDB ({kind.__name__}: {exc})"
     if kind.__name__ == "DecodeError":

@@ -50,6 +50,11 @@ def file_reader(handle) -> Reader:
     return read
 
 
+class BlobShapeError(CaffeCompatError, ValueError):
+    """A blob's values do not fill its shape: a located error for the CLI, and the ValueError
+    pycaffe code expects (pycaffe's numpy reshape raises that)."""
+
+
 def has_legacy_dims(blob: caffe_pb2.BlobProto) -> bool:
     return any(blob.HasField(name) for name in _LEGACY_FIELDS)
 
@@ -71,7 +76,7 @@ def payload_array(payload: Payload, read: Reader, shape: Sequence[int], where: s
     count = nbytes // itemsize
     expected = math.prod(shape)
     if count != expected:
-        raise CaffeCompatError(
+        raise BlobShapeError(
             f"{where}: shape {tuple(shape)} needs {expected} values but the blob holds {count}"
         )
     out = np.empty(count, dtype=dtype)

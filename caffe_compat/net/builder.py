@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from caffe_compat.errors import CaffeCompatError
+from caffe_compat.errors import CaffeCompatError, user_code_where
 from caffe_compat.io.upgrade import net_needs_upgrade, upgrade_net_as_needed
 from caffe_compat.net.registry import FUSIONS, TEST, Layer, Shape, apply_running_updates, layer_class
 from caffe_compat.net.splits import insert_splits
@@ -80,6 +80,8 @@ def _layer_errors(param, bottoms: str) -> Iterator[None]:
     try:
         yield
     except (CaffeCompatError, ValueError, IndexError, RuntimeError, ZeroDivisionError) as exc:
+        if user_code_where(exc):
+            raise  # the user's own exception passes as itself
         message = str(exc)
         prefix = f"layer '{param.name}'"
         if not message.startswith(prefix):
@@ -349,6 +351,8 @@ class CaffeNet(nn.Module):
         try:
             tops = step.layer(*bottoms)
         except (RuntimeError, ValueError) as exc:
+            if user_code_where(exc):
+                raise
             shapes = ", ".join(f"'{b}' {tuple(t.shape)}" for b, t in zip(step.bottoms, bottoms))
             raise step.layer.fail(f"forward failed on bottoms {shapes}: {exc}") from exc
         if len(tops) != len(step.tops):

@@ -1,21 +1,24 @@
 """pycaffe's ``Net`` and ``Blob`` over a :class:`~caffe_compat.net.builder.CaffeNet`.
 
-Blobs are what pycaffe code reads and writes: ``net.blobs[name].data`` / ``.diff`` and
-``net.params[layer][i].data`` / ``.diff`` are numpy arrays sharing memory with the torch tensors
-(on the CPU), so ``net.params['conv1'][0].data[...] = w`` changes the layer's weights and
-``net.blobs['data'].data[...] = x`` is the next forward's input. On a GPU they are host copies
-pushed back before the next forward, backward or solver step (Caffe's SyncedMemory, in effect).
+Blobs are what pycaffe code reads and writes, with Caffe's memory rules: every blob has one
+data and one diff buffer for the net's life (a new one only when a reshape changes its size), and
+``net.blobs[name].data`` / ``.diff`` and ``net.params[layer][i].data`` / ``.diff`` are numpy views
+of them (on the CPU), so forward, backward, the solver and the user all read and write the same
+memory: a view held across a forward shows the new values. On a GPU they are host copies pushed
+back before the next forward, backward or solver step (Caffe's SyncedMemory, in effect).
 
-``forward`` runs the layers in Caffe's order (the net's fused plan for a whole pass, so the
-numbers are the library's; layer by layer for ``start=`` / ``end=``); ``backward`` is autograd
-from the loss tops (weighted as in Caffe), from the output diffs given, or from the tops of
-``start``. Blob diffs are the gradients of each blob's first value (an in-place blob's diff is
-taken before its in-place layers, as Caffe's shared memory gives it). ``end=`` in ``backward``
-only selects the returned diffs: autograd always runs down to the inputs.
+``forward`` is Caffe's ForwardFromTo (the net's fused plan for a whole pass when no layer needs
+backward, so the numbers are the library's). ``backward`` is Caffe's BackwardFromTo: layer by
+layer, from the diffs stored in the top blobs (the user's, or a loss's weight, set once as in
+Caffe's SetLossWeights), for the layers Caffe's Net::Init marks as needing backward (all of them
+with ``force_backward``); bottom diffs are overwritten, param diffs accumulate until cleared.
+A layer that ran in the last forward reuses that pass's autograd record; one that did not is
+run again on its bottoms' current data first (so ``backward`` needs no ``forward`` before it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
 from typing import Any, Iterator, Mapping, Sequence
@@ -80,9 +83,12 @@ class _ActivationBlob(Blob):
     def _diff_tensor(self) -> torch.Tensor:
         return self._net._diff(self._name)
 
+    @property
+    def data(self) -> np.ndarray:
+        return self._net._host_view(self._net._buffer(self._name))
+
     def reshape(self, *shape: int) -> None:
-        self._net._data[self._name] = torch.zeros(tuple(int(d) for d in shape), device=self._net._device)
-        self._net._diffs.pop(self._name, None)
+        self._net._reshape_blob(self._name, tuple(int(d) for d in shape))
 
 
 class _ParamBlob(Blob):
@@ -97,7 +103,7 @@ class _ParamBlob(Blob):
 
     def _diff_tensor(self) -> torch.Tensor:
         param = self._layer.blobs[self._index]
-        if param.grad is None:
+        if param.grad is None:  # made on first use; autograd and the solver then work in it in place
             param.grad = torch.zeros_like(param)
         return param.grad
 
@@ -158,11 +164,11 @@ class Net:
         self._device = next((p.device for p in net.parameters()), mode.device() if follows_mode else torch.device("cpu"))
         self._data: dict[str, torch.Tensor] = {}
         self._diffs: dict[str, torch.Tensor] = {}
-        self._graph: dict[str, torch.Tensor] = {}  # last forward's values, with autograd history
-        self._first: dict[str, torch.Tensor] = {}
-        self._losses: list[tuple[torch.Tensor, float]] = []
-        self._layer_tops: dict[str, tuple[torch.Tensor, ...]] = {}
+        # per layer index: (bottom leaves, tops) of the last forward, for that layer's backward
+        self._segments: dict[int, tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]] = {}
         self._mirrors: list[tuple[torch.Tensor, np.ndarray]] = []
+        self._own_pass = False  # True while this object runs layers (the library-run hooks stand by)
+        self._viewed: set[str] = set()  # blobs whose data buffer the user may hold a view of
         self._memory: list[Any] | None = None  # set_input_arrays: [data, labels, position]
         self.blobs: OrderedDict[str, Blob] = OrderedDict((n, _ActivationBlob(self, n)) for n in net.blob_shapes)
         self._layer_names: list[str] = [s.name for s in net.steps]
@@ -177,6 +183,8 @@ class Net:
         self.bottom_names = OrderedDict((s.name, list(s.bottoms)) for s in net.steps)
         self.blob_loss_weights = OrderedDict((n, net.loss_weights.get(n, 0.0)) for n in net.blob_shapes)
         self._blob_names = list(self.blobs)
+        self._plan_backward()
+        self._init_loss_diffs()
 
     # ------------------------------------------------------------------ blob storage
 
@@ -192,6 +200,40 @@ class Net:
         if diff is None or diff.shape != value.shape:
             diff = self._diffs[name] = torch.zeros(value.shape, device=value.device)
         return diff
+
+    def _buffer(self, name: str) -> torch.Tensor:
+        """The blob's data as memory of its own, kept from now on: the user holds a view of it."""
+        if name not in self._viewed:
+            self._data[name] = self._value(name).detach().clone()
+            self._viewed.add(name)
+        return self._data[name]
+
+    def _store(self, name: str, value: torch.Tensor) -> None:
+        """A layer's top as the blob's data. A blob the user has a view of keeps its buffer
+        (Caffe's blobs keep their memory, so the view sees the new values; a new buffer only when
+        the shape changes); the others just take the top (no copy)."""
+        value = value.detach()
+        buffer = self._data.get(name)
+        if name not in self._viewed:
+            self._data[name] = value if value.dtype == torch.float32 else value.float()
+        elif buffer is not None and buffer.shape == value.shape:
+            if buffer.data_ptr() != value.data_ptr():
+                buffer.copy_(value)  # integer labels become float, as in Caffe's blobs
+        else:
+            self._data[name] = value.to(torch.float32, copy=True)
+
+    def _reshape_blob(self, name: str, shape: tuple[int, ...]) -> None:
+        """Caffe's Blob::Reshape: the same memory when the count is unchanged, else new zeros."""
+        buffer = self._data.get(name)
+        if buffer is not None and buffer.numel() == int(np.prod(shape)):
+            self._data[name] = buffer.view(shape)
+            diff = self._diffs.get(name)
+            if diff is not None:
+                self._diffs[name] = diff.view(shape)
+        else:
+            self._data[name] = torch.zeros(shape, device=self._device)
+            self._diffs.pop(name, None)
+        self._segments.clear()  # recorded passes were for the old shapes
 
     def _host_view(self, tensor: torch.Tensor) -> np.ndarray:
         """The tensor's values as numpy: a view on the CPU; on a GPU a host copy written back
@@ -218,6 +260,7 @@ class Net:
         self._net.to(self._device)
         self._data = {k: v.to(self._device) for k, v in self._data.items()}
         self._diffs = {k: v.to(self._device) for k, v in self._diffs.items()}
+        self._segments.clear()
 
     def _capture_library_runs(self) -> None:
         """Keep the blobs of forwards the library runs (solver steps and tests), as Caffe's
@@ -231,14 +274,64 @@ class Net:
 
     def _keep_tops(self, tops: tuple[str, ...]):
         def hook(_module, _args, output) -> None:
+            if self._own_pass:
+                return  # this object's own forward stores its tops itself
             for name, value in zip(tops, output):
-                self._data[name] = value.detach()
+                self._store(name, value)
+            self._segments.clear()
         return hook
 
     def _keep_inputs(self, _module, args) -> None:
-        if args and isinstance(args[0], Mapping):
+        if not self._own_pass and args and isinstance(args[0], Mapping):
             for name, value in args[0].items():
-                self._data[name] = value.detach()
+                self._store(name, value)
+
+    # ------------------------------------------------------------------ which layers backward
+
+    def _plan_backward(self) -> None:
+        """Caffe's Net::Init bookkeeping: which layers run backward and into which bottoms
+        (layers under a loss, or with learnable params; all of them with force_backward)."""
+        steps = self._net.steps
+        blob_need: dict[str, bool] = {}
+        layer_need: list[bool] = []
+        bottom_need: list[list[bool]] = []
+        for step in steps:
+            downs = [blob_need.get(b, False) and not (step.stop_gradient and step.stop_gradient[j])
+                     for j, b in enumerate(step.bottoms)]
+            need = any(downs) or any(p.requires_grad for p in step.layer.blobs)
+            for top in step.tops:
+                blob_need[top] = blob_need.get(top, False) or need
+            layer_need.append(need)
+            bottom_need.append(downs)
+        under_loss: set[str] = set()
+        skip: set[str] = set()
+        for i in reversed(range(len(steps))):
+            step = steps[i]
+            contributes = any(w or t in under_loss for t, w in zip(step.tops, step.loss_weights))
+            if layer_need[i] and all(t in skip for t in step.tops):
+                layer_need[i] = False
+                bottom_need[i] = [False] * len(step.bottoms)
+            if not contributes:
+                layer_need[i] = False
+            for j, blob in enumerate(step.bottoms):
+                if contributes:
+                    under_loss.add(blob)
+                else:
+                    bottom_need[i][j] = False
+                if not bottom_need[i][j]:
+                    skip.add(blob)
+        if self._net.force_backward:
+            for i, step in enumerate(steps):
+                layer_need[i] = True
+                bottom_need[i] = [down or not (step.layer.is_loss and j == 1) for j, down in enumerate(bottom_need[i])]
+        self._layer_need, self._bottom_need = layer_need, bottom_need
+
+    def _init_loss_diffs(self) -> None:
+        """Caffe's SetLossWeights: a loss top's diff holds its loss weight from set-up on."""
+        for step in self._net.steps:
+            for name, weight in zip(step.tops, step.loss_weights):
+                if weight and name in self._net.blob_shapes:
+                    self._diff(name).fill_(weight)
 
     # ------------------------------------------------------------------ forward
 
@@ -267,41 +360,63 @@ class Net:
         self._run(first, last)
         return {name: self.blobs[name].data for name in outputs}
 
+    @contextlib.contextmanager
+    def _pass(self) -> Iterator[None]:
+        self._own_pass = True
+        try:
+            yield
+        finally:
+            self._own_pass = False
+
     def _run(self, first: int, last: int, advance: bool = True) -> None:
+        with self._pass():
+            self._forward_from_to(first, last, advance)
+
+    def _forward_from_to(self, first: int, last: int, advance: bool) -> None:
+        """Caffe's ForwardFromTo: every top lands in its blob's buffer. Layers that will run
+        backward keep their pass (bottoms cut as leaves, so each layer's backward runs alone);
+        the others run without autograd."""
         self._follow_mode()
         self._push_mirrors()
         net = self._net
+        record = torch.is_grad_enabled() and any(self._layer_need[first : last + 1])
         whole = first == 0 and last == len(net.steps) - 1
-        steps = net.plan if whole else net.steps[first : last + 1]
+        steps = net.plan if whole and not record else net.steps[first : last + 1]
         fed = self._fed(steps) if advance else {}
         env: dict[str, torch.Tensor] = {}
-        firsts: dict[str, torch.Tensor] = {}
-        losses: list[tuple[torch.Tensor, float]] = []
-        layer_tops: dict[str, tuple[torch.Tensor, ...]] = {}
-        for step in steps:
+        for k in [k for k in self._segments if k >= first]:
+            del self._segments[k]  # their bottoms change now: rerun or recompute if asked
+        for k, step in enumerate(steps):
+            index = first + k
             if step.layer.is_source:
                 tops = self._source_tops(step, fed, advance)
             else:
                 bottoms = [env[b] if b in env else self._value(b) for b in step.bottoms]
-                if step.stop_gradient:
-                    bottoms = [b.detach() if stop else b for b, stop in zip(bottoms, step.stop_gradient)]
-                tops = CaffeNet._call(step, bottoms)
-            for name, value, weight in zip(step.tops, tops, step.loss_weights):
-                if name not in firsts:
-                    if value.requires_grad and not value.is_leaf:
-                        value.retain_grad()
-                    firsts[name] = value
+                if record and self._layer_need[index]:
+                    bottoms = self._leaves(index, bottoms)
+                    tops = CaffeNet._call(step, bottoms)
+                    self._segments[index] = (bottoms, tops)
+                else:
+                    with torch.no_grad():
+                        tops = CaffeNet._call(step, bottoms)
+            for name, value in zip(step.tops, tops):
+                if name in net.blob_shapes:
+                    self._store(name, value)
+                    if not value.requires_grad:  # later layers read the buffer: the top's memory is free again
+                        value = self._data[name]
                 env[name] = value
-                self._data[name] = value.detach()
-                if weight:
-                    losses.append((value, weight))
-            for part in getattr(step.layer, "parts", [step.layer]):
-                layer_tops[part.name] = tuple(tops)
         updates = [u for s in steps for part in getattr(s.layer, "parts", [s.layer])
                    if part.defer_running_updates for u in part.running_updates()]
         if updates:
             apply_running_updates(updates)
-        self._graph, self._first, self._losses, self._layer_tops = env, firsts, losses, layer_tops
+
+    def _leaves(self, index: int, values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """A layer's bottoms cut from the graph (its backward runs alone), asking for the
+        gradients Caffe propagates down. A bottom that is its blob's buffer is copied: an
+        in-place top may overwrite the buffer before the backward."""
+        names, downs = self._net.steps[index].bottoms, self._bottom_need[index]
+        return [(value.clone() if value is self._data.get(name) else value).detach().requires_grad_(
+                    down and value.is_floating_point()) for name, value, down in zip(names, values, downs)]
 
     def _reads_data(self, step: Step) -> bool:
         return step.layer.is_source and step.type not in _CALLER_FED
@@ -317,10 +432,7 @@ class Net:
         if step.type == "MemoryData" and advance:
             return self._memory_batch(step)
         if not self._reads_data(step) or not advance:
-            tops = tuple(self._value(t) for t in step.tops)
-            if step.type == "Input" and self._net.force_backward and torch.is_grad_enabled():
-                tops = tuple(t.detach().requires_grad_() for t in tops)  # their diffs are the input gradients
-            return tops
+            return tuple(self._value(t) for t in step.tops)
         if all(t in fed for t in step.tops):
             return tuple(fed[t] for t in step.tops)
         return tuple(step.layer.next_batch())
@@ -329,9 +441,13 @@ class Net:
 
     def backward(self, diffs: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
                  **kwargs: np.ndarray) -> dict[str, np.ndarray]:
-        """Backpropagate the last forward: from the loss tops (and output diffs in ``kwargs``),
-        or from the tops of layer ``start`` with their current diffs. Returns the diffs of the
-        inputs (or of ``end``'s bottoms) plus ``diffs``."""
+        """Caffe's BackwardFromTo(start, end): each layer that needs it, from ``start`` (default:
+        the last) down to ``end`` (default: the first), turns its tops' stored diffs into its
+        bottoms' diffs (overwritten) and its params' diffs (accumulated until cleared).
+        ``kwargs`` set the output diffs first. Returns the diffs of the inputs (or of ``end``'s
+        bottoms) plus ``diffs``."""
+        first = self._index(start) if start is not None else len(self._layer_names) - 1
+        last = self._index(end) if end is not None else 0
         wanted = set((self.bottom_names[end] if end is not None else self.inputs) + list(diffs or []))
         if kwargs:
             if set(kwargs) != set(self.outputs):
@@ -340,38 +456,48 @@ class Net:
                 if np.shape(value)[0] != self.blobs[name].shape[0]:
                     raise CaffeCompatError(f"diff for '{name}' is not batch sized")
                 self.blobs[name].diff[...] = value
+        self._follow_mode()
         self._push_mirrors()
-        roots: list[torch.Tensor] = []
-        grads: list[torch.Tensor] = []
-        if start is not None:
-            self._index(start)
-            if start not in self._layer_tops:
-                raise CaffeCompatError(f"layer '{start}' did not run in the last forward")
-            for name, value in zip(self.top_names[start], self._layer_tops[start]):
-                roots.append(value)
-                grads.append(self._diff(name))
-        else:
-            for value, weight in self._losses:
-                roots.append(value)
-                grads.append(torch.full_like(value, weight))
-            for name in self.outputs:
-                if name in self._graph and not self.blob_loss_weights.get(name) and self._diff(name).any():
-                    roots.append(self._graph[name])
-                    grads.append(self._diff(name))
-        pairs = [(r, g.to(r.dtype)) for r, g in zip(roots, grads) if r.requires_grad]
-        if pairs:
-            try:
-                torch.autograd.backward([r for r, _ in pairs], [g for _, g in pairs])
-            except RuntimeError as exc:
-                if "second time" not in str(exc):
-                    raise
-                raise CaffeCompatError("backward() needs a forward() before it (each forward allows one backward)") from None
-        for name, value in self._first.items():
-            if value.grad is not None:
-                self._diffs[name] = value.grad.detach()
-            elif name in self._diffs and name not in self.outputs:
-                self._diffs[name].zero_()
+        for index in range(first, last - 1, -1):
+            if self._layer_need[index]:
+                self._backward_layer(index)
         return {name: self.blobs[name].diff for name in wanted}
+
+    def _backward_layer(self, index: int) -> None:
+        step = self._net.steps[index]
+        if step.layer.is_source:
+            return
+        segment = self._segments.get(index)
+        if segment is None or any(t.shape != self._value(n).shape for n, t in zip(step.tops, segment[1])
+                                  if n in self._net.blob_shapes):
+            segment = self._segments[index] = self._recompute(index)
+        bottoms, tops = segment
+        for leaf in bottoms:
+            leaf.grad = None
+        pairs = [(t, self._top_diff(n, t, w)) for n, t, w in zip(step.tops, tops, step.loss_weights) if t.requires_grad]
+        if pairs:
+            torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs], retain_graph=True)
+        with torch.no_grad():
+            for name, leaf, down in zip(step.bottoms, bottoms, self._bottom_need[index]):
+                if down:
+                    diff = self._diff(name)
+                    if leaf.grad is None:
+                        diff.zero_()
+                    else:
+                        diff.copy_(leaf.grad.reshape(diff.shape))
+
+    def _top_diff(self, name: str, top: torch.Tensor, weight: float) -> torch.Tensor:
+        if name not in self._net.blob_shapes:  # a loss layer's anonymous top: no blob, its weight
+            return torch.full_like(top, weight)
+        return self._diff(name).to(top.dtype)
+
+    def _recompute(self, index: int) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
+        """A layer's pass on its bottoms' current data, for a backward no forward recorded."""
+        step = self._net.steps[index]
+        bottoms = self._leaves(index, [self._value(b) for b in step.bottoms])
+        with torch.enable_grad(), self._pass():
+            tops = CaffeNet._call(step, bottoms)
+        return bottoms, tops
 
     # ------------------------------------------------------------------ batches
 

@@ -29,7 +29,8 @@ class Solver:
     solver_type: str | None = None  # the update rule this class stands for; None: the file's
 
     def __init__(self, solver_file: str | os.PathLike[str] | caffe_pb2.SolverParameter) -> None:
-        options = TrainOptions(progress=False, solver_type=self.solver_type, pycaffe_mode=True)
+        options = TrainOptions(progress=False, solver_type=self.solver_type, pycaffe_mode=True,
+                               keep_param_diffs=True)
         self._solver = LibrarySolver(solver_file, options, rank=distributed.Rank(device=mode.device()))
         self.net = Net._wrap(self._solver.net, self._solver.feeder)
         self.test_nets = [Net._wrap(n, f) for n, f in zip(self._solver.test_nets, self._solver.test_feeders)]

@@ -74,6 +74,7 @@ class TrainOptions:
     log_file: str | None = None
     solver_type: str | None = None  # pycaffe's SGDSolver, AdamSolver, ...: the class decides, not `type:`
     pycaffe_mode: bool = False  # the device is pycaffe's set_mode_*: solver_mode is the caffe tool's, not ours
+    keep_param_diffs: bool = False  # zero param diffs in place (pycaffe holds views of them) instead of freeing
 
 
 @dataclass
@@ -523,7 +524,7 @@ class Solver:
         timer, iters_last = time.perf_counter(), self.iter
         flush_every = 1 if self.device.type == "cpu" else 50
         while self.iter < stop_iter:
-            self.net.zero_grad(set_to_none=True)
+            self.net.zero_grad(set_to_none=not self.options.keep_param_diffs)
             if sp.test_interval and self.iter % sp.test_interval == 0 and (self.iter > 0 or sp.test_initialization):
                 if self.rank.is_root:
                     self._flush()

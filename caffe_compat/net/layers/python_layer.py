@@ -15,10 +15,13 @@ A class registered with ``register_layer("Python:<module>.<layer>")`` takes prec
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
 import numpy as np
 import torch
 from torch import nn
 
+from caffe_compat.errors import CaffeCompatError, mark_user_code
 from caffe_compat.net.registry import Layer, Shape, register_layer
 from caffe_compat.net.user_code import trusted_layer_class
 
@@ -106,6 +109,20 @@ class PythonLayerBase:
         return "Python"
 
 
+@contextlib.contextmanager
+def _user_code(layer: "Python", method: str) -> Iterator[None]:
+    """Let the user's exception pass as itself (pycaffe code catches it by type), noting the
+    layer and method for the CLI's one line."""
+    try:
+        yield
+    except CaffeCompatError:
+        raise
+    except Exception as exc:
+        p = layer.param.python_param
+        mark_user_code(exc, f"layer '{layer.param.name}' (type Python, {p.module}.{p.layer}.{method})")
+        raise
+
+
 class _RunPython(torch.autograd.Function):
     """One call of the user's forward (and, when autograd asks, its backward) on numpy."""
 
@@ -116,8 +133,10 @@ class _RunPython(torch.autograd.Function):
         bottom = [NumpyBlob(b.detach().to("cpu", torch.float32).numpy().copy()) for b in bottoms]
         top = [NumpyBlob(np.zeros(shape, np.float32)) for shape in layer.top_shape_list]
         layer.sync_blobs_from_params()
-        layer.py.reshape(bottom, top)
-        layer.py.forward(bottom, top)
+        with _user_code(layer, "reshape"):
+            layer.py.reshape(bottom, top)
+        with _user_code(layer, "forward"):
+            layer.py.forward(bottom, top)
         ctx.layer, ctx.bottom, ctx.top, ctx.device = layer, bottom, top, device
         ctx.dtypes = [b.dtype for b in bottoms]
         return tuple(torch.from_numpy(np.array(t.data, dtype=np.float32)).to(device) for t in top)
@@ -133,7 +152,8 @@ class _RunPython(torch.autograd.Function):
         for blob in layer.py.blobs:
             blob.diff = np.zeros_like(blob.data)
         wanted = list(ctx.needs_input_grad[1 : 1 + layer.num_bottoms])
-        layer.py.backward(ctx.top, wanted, ctx.bottom)
+        with _user_code(layer, "backward"):
+            layer.py.backward(ctx.top, wanted, ctx.bottom)
         bottom_grads = [torch.from_numpy(np.asarray(b.diff, np.float32)).to(ctx.device, dtype)
                         if want else None for b, want, dtype in zip(ctx.bottom, wanted, ctx.dtypes)]
         param_grads = [torch.from_numpy(np.asarray(b.diff, np.float32)).to(p.device)
@@ -154,7 +174,8 @@ class Python(Layer):
     def __init__(self, param, bottom_shapes, phase) -> None:
         super().__init__(param, bottom_shapes, phase)
         cls = user_layer_class(param, self.fail)
-        self.py = cls(param)
+        with _user_code(self, "__init__"):
+            self.py = cls(param)
         if not isinstance(getattr(self.py, "blobs", None), list):
             self.py.blobs = BlobVec()
         self.py.param_str = param.python_param.param_str
@@ -162,8 +183,10 @@ class Python(Layer):
         self.num_bottoms = len(self.bottom_shapes)
         bottom = [NumpyBlob(np.zeros(shape, np.float32)) for shape in self.bottom_shapes]
         top = [NumpyBlob(np.zeros((0,), np.float32)) for _ in param.top]
-        self.py.setup(bottom, top)
-        self.py.reshape(bottom, top)
+        with _user_code(self, "setup"):
+            self.py.setup(bottom, top)
+        with _user_code(self, "reshape"):
+            self.py.reshape(bottom, top)
         self.top_shape_list: list[Shape] = [t.shape for t in top]
         for blob in self.py.blobs:
             self.blobs.append(nn.Parameter(torch.from_numpy(blob.data)))  # shares the blob's memory
