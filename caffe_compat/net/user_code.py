@@ -22,7 +22,6 @@ import sys
 from types import ModuleType
 from typing import Callable, Iterator
 
-from caffe_compat.errors import CaffeCompatError
 
 #: Why user code may not be imported now (set by commands that only read), or None.
 _REFUSED: contextvars.ContextVar[str | None] = contextvars.ContextVar("caffe_compat_user_code", default=None)
