@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 LOCK   := requirements/lock.txt
 PIP_TOOLS := pip-tools==7.7.0
 
-.PHONY: demo test test-all test-latest venv check-lock lock bench clean
+.PHONY: demo test test-all test-latest venv check-lock lock lock-upgrade bench clean
 
 # A new venv each time the lock or pyproject.toml changes, so nothing outside the lock stays.
 # --require-hashes: every package (dependencies too) at its locked version, from a file whose
@@ -46,14 +46,16 @@ test-latest:
 	.venv-latest/bin/python .ci/check_lock.py --drift
 	.venv-latest/bin/python -m pytest -q -p no:cacheprovider
 
-# Re-resolve the lock from pyproject.toml (+ its [dev] extra) and requirements/lock.in: the
-# newest versions the ranges allow, each with the hashes of all its files.
-lock:
+# Re-resolve the lock from pyproject.toml (+ its [dev] extra) and requirements/lock.in, with the
+# hashes of every file of each pinned version. `make lock` keeps the versions already locked and
+# only adds, drops or moves what pyproject.toml's changes require (after a merge);
+# `make lock-upgrade` takes the newest versions the ranges allow (a deliberate refresh).
+lock lock-upgrade:
 	rm -rf .venv-lock
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install -q $(PIP_TOOLS)
-	.venv-lock/bin/pip-compile -q --upgrade --generate-hashes --allow-unsafe --strip-extras --extra dev \
-		--no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml requirements/lock.in
+	.venv-lock/bin/pip-compile -q $(if $(filter lock-upgrade,$@),--upgrade) --generate-hashes --allow-unsafe \
+		--strip-extras --extra dev --no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml requirements/lock.in
 	rm -rf .venv-lock
 
 clean:
