@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from caffe_compat.data.imageio import decode_image, extension_matches, guess_encoding, load_image
@@ -13,6 +13,8 @@ from caffe_compat.data.imageio import decode_image, extension_matches, guess_enc
 
 @settings(max_examples=25, deadline=None)
 @given(fraction=st.floats(0.0, 1.0), is_color=st.booleans())
+@example(fraction=0.2055, is_color=False)  # issue 23: cut inside the start-of-scan header
+@example(fraction=0.2055, is_color=True)
 def test_truncated_jpeg_decodes_like_imread(fixtures, tmp_path_factory, fraction, is_color) -> None:
     original = (fixtures / "images" / "a" / "grad_001.jpg").read_bytes()
     cut = original[: int(len(original) * fraction)]

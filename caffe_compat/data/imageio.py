@@ -3,9 +3,15 @@
 Caffe reads with ``cv::imread`` (``IMREAD_COLOR`` -> 8-bit BGR, or ``IMREAD_GRAYSCALE`` with
 ``--gray``), resizes with ``cv::resize`` (bilinear) only when both target sides are > 0 and
 re-encodes with ``cv::imencode``. We decode from the file's bytes instead of its path, so one
-read serves both the pixels and ``--encoded``'s verbatim copy and any path bytes work; for a
-truncated JPEG we append the end-of-image marker that libjpeg's *file* reader inserts itself,
-which gives exactly ``cv::imread``'s pixels (missing rows grey).
+read serves both the pixels and ``--encoded``'s verbatim copy and any path bytes work.
+
+The two OpenCV entry points differ only in libjpeg's data source. ``cv::imread`` uses libjpeg's
+stdio source, which at end of file hands the decoder a fake end-of-image marker (FF D9) on every
+further read, forever; ``cv::imdecode``'s memory source suspends instead, and OpenCV gives up.
+So a JPEG gets as many FF D9 pairs appended as libjpeg can still ask for (one marker segment,
+at most 65,535 bytes, can be skipped or read from them before the next marker is an EOI): the
+decoder then reads byte for byte what ``cv::imread`` reads from the file, also where the cut
+falls inside a header (e.g. the start-of-scan segment) and not just in the entropy-coded data.
 """
 
 from __future__ import annotations
@@ -17,7 +23,11 @@ import cv2
 import numpy as np
 
 _JPEG_SOI = b"\xff\xd8"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"  # what OpenCV's JPEG decoder claims a buffer by
 _JPEG_EOI = b"\xff\xd9"
+# libjpeg's stdio source past end of file: FF D9 on every read. One marker segment (<= 65,535
+# bytes) plus the next marker is the most the decoder can read from it before it stops.
+_STDIO_EOF_FILL = _JPEG_EOI * (65_536 // 2 + 2)
 
 
 def imread_flag(is_color: bool) -> int:
@@ -33,13 +43,16 @@ def is_truncated_jpeg(buf: bytes) -> bool:
 def decode_image(buf: bytes, flag: int) -> np.ndarray | None:
     """``cv::imread``'s pixels from a file's bytes; None if OpenCV cannot decode them.
 
-    A truncated JPEG gets the end marker that libjpeg's file reader would insert: without it
-    ``cv::imdecode`` refuses it (OpenCV 5) or decodes different pixels (OpenCV 4.10).
+    A JPEG is followed by what libjpeg's file reader reads past the end of a file (see the
+    module docstring): unread after a whole file's EOI, it makes a truncated file decode as
+    ``cv::imread`` decodes it, where ``cv::imdecode`` alone refuses it (OpenCV 5) or decodes
+    different pixels (OpenCV 4.10). Always, not only when no EOI is near the end: a cut file
+    may hold an EOI of its own (an EXIF thumbnail's).
     """
     if not buf:
         return None
-    if is_truncated_jpeg(buf):
-        buf += _JPEG_EOI
+    if buf.startswith(_JPEG_SIGNATURE):
+        buf += _STDIO_EOF_FILL
     return cv2.imdecode(np.frombuffer(buf, np.uint8), flag)
 
 
