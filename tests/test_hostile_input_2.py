@@ -188,3 +188,115 @@ def test_report_csv_values_are_range_checked(tmp_path, text, fragments):
     csv_path = tmp_path / "predictions.csv"
     csv_path.write_text(text)
     one_error(cli("report", csv_path, "-o", tmp_path / "out"), str(csv_path), *fragments)
+
+
+# ---------------------------------------------------------------------------- HDF5 sizes, sources that never end
+
+_H5_NET = """
+name: "h5"
+layer { name: "data" type: "HDF5Data" top: "data" top: "label" hdf5_data_param { source: "SOURCE" batch_size: 2 } }
+layer { name: "fc1" type: "InnerProduct" bottom: "data" top: "fc1" inner_product_param { num_output: 2 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc1" bottom: "label" top: "loss" }
+"""
+_BOMB = 800_000_000  # floats: 3.2 GB declared, nothing written
+
+
+def _h5(path: Path, **datasets) -> Path:
+    """An HDF5 file; a dataset given as a shape tuple is declared chunked and never written."""
+    import h5py
+
+    with h5py.File(path, "w") as h5:
+        for name, values in datasets.items():
+            parent, _, leaf = name.rpartition("/")
+            group = h5.require_group(parent) if parent else h5
+            if isinstance(values, tuple):
+                group.create_dataset(leaf, shape=values, dtype="f4", chunks=(min(values[0], 1 << 16), *values[1:]))
+            else:
+                group[leaf] = values
+    return path
+
+
+def _h5_workdir(tmp_path: Path, data=None, source: str = "list.txt") -> Path:
+    tmp_path.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    _h5(tmp_path / "rows.h5", data=rng.normal(size=(6, 4)).astype("f4") if data is None else data,
+        label=np.zeros(6, "f4") if data is None else (data[0],))
+    (tmp_path / "list.txt").write_text("rows.h5\n")
+    (tmp_path / "net.prototxt").write_text(_H5_NET.replace("SOURCE", source))
+    (tmp_path / "solver.prototxt").write_text('net: "net.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 2\n'
+                                              'snapshot_prefix: "snap"\n')
+    return tmp_path
+
+
+def _peak_run(args: list, cwd: Path, timeout: float = 120) -> tuple[subprocess.CompletedProcess, int]:
+    """``caffe-compat ARGS`` in a fresh process, and its peak resident memory in MB."""
+    proc = script(f"""
+        import resource, sys
+        from caffe_compat.cli import main
+        try:
+            main({[str(a) for a in args]!r})
+        finally:
+            print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)
+        """, cwd=cwd, timeout=timeout)
+    return proc, int(proc.stderr.rsplit("peak ", 1)[1].split()[0])
+
+
+def test_hdf5_bombs_are_refused_before_allocating(tmp_path):
+    """Weights, solver-state history and HDF5Data rows declaring 3.2 GB in a few KB of file."""
+    work = _h5_workdir(tmp_path / "source", data=(_BOMB // 4, 4))
+    proc, peak = _peak_run(["train", "-solver", "solver.prototxt"], work)
+    proc_error(proc, "rows.h5", "'data'", "stores only")
+    assert peak < PEAK_MB, peak
+
+    work = _h5_workdir(tmp_path / "weights")
+    _h5(work / "w.caffemodel.h5", **{"data/fc1/0": (_BOMB,), "data/fc1/1": np.zeros(2, "f4")})
+    proc, peak = _peak_run(["test", "-model", "net.prototxt", "-weights", "w.caffemodel.h5", "-iterations", 1], work)
+    proc_error(proc, "w.caffemodel.h5", "fc1/0", "stores only")
+    assert peak < PEAK_MB, peak
+
+    work = _h5_workdir(tmp_path / "history")
+    _h5(work / "s.solverstate.h5", iter=np.array([1], "i4"), current_step=np.array([0], "i4"),
+        **{"history/0": (_BOMB,), "history/1": np.zeros(2, "f4")})
+    proc, peak = _peak_run(["train", "-solver", "solver.prototxt", "-snapshot", "s.solverstate.h5"], work)
+    proc_error(proc, "s.solverstate.h5", "history/0", "stores only")
+    assert peak < PEAK_MB, peak
+
+
+def test_hdf5_data_reads_only_the_rows_of_each_batch(tmp_path, monkeypatch):
+    import h5py
+
+    from caffe_compat.net.layers.hdf5_data import HDF5Batches
+
+    rows = np.arange(40, dtype="f4").reshape(20, 2)
+    _h5(tmp_path / "a.h5", data=rows)
+    read = []
+    real = h5py.Dataset.__getitem__
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda self, key: read.append(key) or real(self, key))
+    batches = HDF5Batches([str(tmp_path / "a.h5")], [20], ["data"], 3)
+    np.testing.assert_array_equal(batches[1][0].numpy(), rows[3:6])
+    assert read == [slice(3, 6)]
+    read.clear()
+    shuffled = HDF5Batches([str(tmp_path / "a.h5")], [20], ["data"], 3, shuffle=True, seed=1)
+    picked = [shuffled.locate(i)[1] for i in range(3)]
+    np.testing.assert_array_equal(shuffled[0][0].numpy(), rows[picked])
+    assert len(read) == 1 and sorted(read[0] if isinstance(read[0], list) else []) == sorted(set(picked))
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "folder"])
+def test_sources_that_are_not_regular_files_are_refused_by_name(tmp_path, kind):
+    work = _h5_workdir(tmp_path, source="/dev/zero" if kind == "device" else "src")
+    if kind == "fifo":
+        os.mkfifo(work / "src")
+    elif kind == "folder":
+        (work / "src").mkdir()
+    proc, peak = _peak_run(["train", "-solver", "solver.prototxt"], work, timeout=60)
+    proc_error(proc, "/dev/zero" if kind == "device" else "src", {"device": "character device", "fifo": "FIFO",
+                                                                   "folder": "folder"}[kind])
+    assert peak < PEAK_MB, peak
+
+
+def test_hdf5_files_listed_that_are_fifos_are_refused_by_name(tmp_path):
+    work = _h5_workdir(tmp_path)
+    os.mkfifo(work / "pipe.h5")
+    (work / "list.txt").write_text("rows.h5\npipe.h5\n")
+    proc_error(run("train", "-solver", "solver.prototxt", cwd=work, timeout=60), "pipe.h5", "FIFO")

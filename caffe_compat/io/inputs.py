@@ -42,10 +42,11 @@ def read_capped(path: str | os.PathLike[str], what: str, cap: int) -> bytes:
         raise CaffeCompatError(f"{name}: {what} does not exist") from None
     except OSError as exc:
         raise CaffeCompatError(f"{name}: cannot read {what}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise CaffeCompatError(f"{name}: is {_kind(info.st_mode)}, not a regular file; {what} must be a file")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise CaffeCompatError(f"{name}: is {_kind(info.st_mode)}, not a regular file; {what} must be a file")
         if info.st_size > cap:
             raise CaffeCompatError(f"{name}: {what} of {info.st_size:,} bytes is over the {cap:,}-byte limit")
         try:
