@@ -8,10 +8,14 @@ must stay under :data:`PEAK_MB`.
 
 from __future__ import annotations
 
+import csv
+import http.server
 import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,8 +121,6 @@ def _hostile_predictions():
 
 
 def test_predictions_csv_is_safe_in_a_spreadsheet_and_reads_back_unchanged(tmp_path):
-    import csv
-
     from caffe_compat.report import write_report
 
     write_report(tmp_path / "a", _hostile_predictions())
@@ -300,3 +302,47 @@ def test_hdf5_files_listed_that_are_fifos_are_refused_by_name(tmp_path):
     os.mkfifo(work / "pipe.h5")
     (work / "list.txt").write_text("rows.h5\npipe.h5\n")
     proc_error(run("train", "-solver", "solver.prototxt", cwd=work, timeout=60), "pipe.h5", "FIFO")
+
+
+# ---------------------------------------------------------------------------- downloads: a slow drip
+
+
+class _Drip(http.server.BaseHTTPRequestHandler):
+    """A 1000-byte video sent one byte every half second (over 8 minutes in all)."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(1000):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.5)
+        except OSError:  # the client gave up
+            pass
+
+
+def test_a_server_dripping_a_byte_every_half_second_is_cut_off_within_the_timeout(tmp_path):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        sheet = tmp_path / "clean.csv"
+        sheet.write_text(f"url,video_id,score\nhttp://127.0.0.1:{httpd.server_address[1]}/v.mp4,drip,70\n")
+        started = time.monotonic()
+        proc = run("workflow", "download-videos", sheet, "-o", tmp_path / "out", "--timeout", 2, "--retries", 1,
+                   "--backoff", 0, "--no-progress", timeout=90)
+        took = time.monotonic() - started
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((tmp_path / "out" / "download_manifest.csv").open()))
+    assert [(r["status"], r["attempts"]) for r in rows] == [("failed", "2")], rows
+    assert "--speed-limit" in rows[0]["error"], rows
+    assert took < 60, took  # two attempts of about --timeout seconds each, not --max-time (1800 s)
