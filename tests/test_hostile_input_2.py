@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import http.server
+import json
 import os
 import re
 import subprocess
@@ -346,3 +347,48 @@ def test_a_server_dripping_a_byte_every_half_second_is_cut_off_within_the_timeou
     assert [(r["status"], r["attempts"]) for r in rows] == [("failed", "2")], rows
     assert "--speed-limit" in rows[0]["error"], rows
     assert took < 60, took  # two attempts of about --timeout seconds each, not --max-time (1800 s)
+
+
+# ---------------------------------------------------------------------------- ONNX metadata
+
+
+def _onnx_with_metadata(path: Path, record: str) -> Path:
+    """A float-input model (Flatten of a 1x3x4x4 input) whose transform metadata is ``record``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from caffe_compat.onnx.transform import METADATA_KEY
+
+    graph = helper.make_graph([helper.make_node("Flatten", ["data"], ["prob"])], "g",
+                              [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 48])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    helper.set_model_props(model, {METADATA_KEY: record})
+    onnx.save(model, str(path))
+    return path
+
+
+_GOOD_META = {"input": "data", "dtype": "float32", "channel_order": "bgr", "resize": [4, 4], "crop_size": 0,
+              "mean": None, "scale": 1.0}
+
+
+@pytest.mark.parametrize("record, fragment", [
+    ("[1, 2, 3]", "a JSON list"),
+    ('"just a string"', "a JSON str"),
+    (json.dumps({**_GOOD_META, "resize": [100000, 100000]}), "past any image"),
+    (json.dumps({**_GOOD_META, "resize": [4, 4, 4]}), "'resize' must be [height, width]"),
+    (json.dumps({**_GOOD_META, "resize": "4x4"}), "'resize' must be [height, width]"),
+    (json.dumps({**_GOOD_META, "dtype": "uint8"}), "says the input is uint8"),
+    (json.dumps({**_GOOD_META, "input": "other"}), "names input 'other'"),
+    (json.dumps({**_GOOD_META, "scale": "x"}), "'scale'"),
+], ids=["list", "string", "resize-100000", "resize-3-values", "resize-text", "uint8-on-float", "no-such-input",
+        "scale-text"])
+def test_hostile_onnx_metadata_is_one_error_naming_the_model(tmp_path, record, fragment):
+    import cv2
+
+    model = _onnx_with_metadata(tmp_path / "m.onnx", record)
+    cv2.imwrite(str(tmp_path / "x.png"), np.zeros((4, 4, 3), np.uint8))
+    one_error(cli("predict", "--onnx", model, tmp_path / "x.png"), str(model), fragment)
+    good = _onnx_with_metadata(tmp_path / "good.onnx", json.dumps(_GOOD_META))
+    assert cli("predict", "--onnx", good, tmp_path / "x.png").exit_code == 0
