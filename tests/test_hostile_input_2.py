@@ -392,3 +392,63 @@ def test_hostile_onnx_metadata_is_one_error_naming_the_model(tmp_path, record, f
     one_error(cli("predict", "--onnx", model, tmp_path / "x.png"), str(model), fragment)
     good = _onnx_with_metadata(tmp_path / "good.onnx", json.dumps(_GOOD_META))
     assert cli("predict", "--onnx", good, tmp_path / "x.png").exit_code == 0
+
+
+# ---------------------------------------------------------------------------- import-torch: dtypes, keys, --map
+
+_FC_NET = """name: "fc"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 2 } }
+"""
+
+
+def _fc(tmp_path: Path) -> tuple[Path, dict]:
+    import torch
+
+    (tmp_path / "fc.prototxt").write_text(_FC_NET)
+    weight = torch.tensor([[0.5, -1.0, 2.0], [0.25, 4.0, -0.125]])  # exact in every format below
+    return tmp_path / "fc.prototxt", {"fc.weight": weight, "fc.bias": torch.tensor([1.0, -2.0])}
+
+
+def test_import_torch_takes_narrow_float_safetensors_as_float32(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from caffe_compat.io.caffemodel import load_weights
+
+    net, state = _fc(tmp_path)
+    for dtype in (torch.bfloat16, torch.float16, torch.float8_e4m3fn):
+        save_file({k: v.to(dtype) for k, v in state.items()}, str(tmp_path / "s.safetensors"))
+        out = tmp_path / f"{dtype}.caffemodel"
+        result = cli("import-torch", "--model", net, "--state", tmp_path / "s.safetensors", "-o", out)
+        assert result.exit_code == 0, (dtype, result.output)
+        weights = load_weights(out)["fc"]
+        np.testing.assert_array_equal(weights[0], state["fc.weight"].numpy())
+        np.testing.assert_array_equal(weights[1], state["fc.bias"].numpy())
+
+
+def test_import_torch_pt_with_integer_keys_is_one_error(tmp_path):
+    import torch
+
+    net, state = _fc(tmp_path)
+    torch.save({0: state["fc.weight"], 1: state["fc.bias"]}, tmp_path / "s.pt")
+    one_error(cli("import-torch", "--model", net, "--state", tmp_path / "s.pt", "-o", tmp_path / "w.caffemodel"),
+              "s.pt", "keys must be names", "0 (int)")
+
+
+@pytest.mark.parametrize("mapping, fragment", [
+    ({"blobs": {"fc.0": 7, "fc.1": "b"}}, "'blobs' value for 'fc.0' is 7"),
+    ({"blobs": {"fc.0": ["w"], "fc.1": "b"}}, "'blobs' value for 'fc.0'"),
+    ({"blobs": {"fc.0": "w", "fc.1": "b"}, "constants": [1]}, "'constants' must be an object"),
+    ({"blobs": {"fc.0": "w"}, "constants": {"fc.1": "one"}}, "'constants' value for 'fc.1'"),
+    ({"blobs": {"fc.0": "w", "fc.1": "b"}, "ignore": "x*"}, "'ignore' must be a list"),
+], ids=["int-key", "list-key", "constants-list", "constant-text", "ignore-text"])
+def test_import_torch_map_values_of_the_wrong_json_type(tmp_path, mapping, fragment):
+    from safetensors.torch import save_file
+
+    net, state = _fc(tmp_path)
+    save_file({"w": state["fc.weight"], "b": state["fc.bias"]}, str(tmp_path / "s.safetensors"))
+    (tmp_path / "map.json").write_text(json.dumps(mapping))
+    one_error(cli("import-torch", "--model", net, "--state", tmp_path / "s.safetensors", "--map", tmp_path / "map.json",
+                  "-o", tmp_path / "w.caffemodel"), "map.json", fragment)
+    assert not (tmp_path / "w.caffemodel").exists()
