@@ -13,6 +13,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -452,3 +453,23 @@ def test_import_torch_map_values_of_the_wrong_json_type(tmp_path, mapping, fragm
     one_error(cli("import-torch", "--model", net, "--state", tmp_path / "s.safetensors", "--map", tmp_path / "map.json",
                   "-o", tmp_path / "w.caffemodel"), "map.json", fragment)
     assert not (tmp_path / "w.caffemodel").exists()
+
+
+# ---------------------------------------------------------------------------- solver states
+
+
+def test_solverstate_h5_with_an_iter_past_int32_is_one_error(fixtures, tmp_path, monkeypatch):
+    from caffe_compat.io.solverstate import load_solverstate
+    from solver_util import lenet_workdir
+    from test_hostile_input import SOLVER
+
+    work = lenet_workdir(fixtures, tmp_path)
+    monkeypatch.chdir(work)
+    Path("snap").mkdir()
+    Path("s.prototxt").write_text(SOLVER.format(max_iter=2))
+    shutil.copy(fixtures / "solver" / "sgd_step" / "lenet_iter_6.caffemodel", "ok.caffemodel")
+    _, history = load_solverstate(fixtures / "solver" / "sgd_step" / "lenet_iter_6.solverstate")
+    _h5(work / "big.solverstate.h5", iter=np.array([2**62], np.int64), current_step=np.array([0], np.int32),
+        learned_net=np.array(b"ok.caffemodel", dtype="S14"), **{f"history/{i}": a for i, a in enumerate(history)})
+    one_error(cli("train", "-solver", "s.prototxt", "-snapshot", "big.solverstate.h5"), "big.solverstate.h5",
+              "'iter' is 4611686018427387904")

@@ -121,7 +121,10 @@ def _read_int(group, name: str, where: str) -> int:
     values = read_array(group, name, where)
     if values.dtype.kind not in "iu" or values.size != 1:
         raise CaffeCompatError(f"{where}: '{name}' is not a single integer")
-    return int(values.reshape(-1)[0])
+    value = int(values.reshape(-1)[0])
+    if not -(2**31) <= value < 2**31:
+        raise CaffeCompatError(f"{where}: '{name}' is {value}, past the 32-bit integer Caffe stores")
+    return value
 
 
 def _indexed(group, where: str) -> list[np.ndarray]:
