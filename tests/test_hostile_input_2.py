@@ -473,3 +473,13 @@ def test_solverstate_h5_with_an_iter_past_int32_is_one_error(fixtures, tmp_path,
         learned_net=np.array(b"ok.caffemodel", dtype="S14"), **{f"history/{i}": a for i, a in enumerate(history)})
     one_error(cli("train", "-solver", "s.prototxt", "-snapshot", "big.solverstate.h5"), "big.solverstate.h5",
               "'iter' is 4611686018427387904")
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_image_list_files_that_never_end_are_refused_by_name(tmp_path, kind):
+    listing = Path("/dev/zero") if kind == "device" else tmp_path / "list.txt"
+    if kind == "fifo":
+        os.mkfifo(listing)
+    proc, peak = _peak_run(["convert-imageset", f"{tmp_path}/", listing, tmp_path / "db"], tmp_path, timeout=60)
+    proc_error(proc, str(listing), "character device" if kind == "device" else "FIFO")
+    assert peak < PEAK_MB and not (tmp_path / "db").exists()
