@@ -164,7 +164,9 @@ def _report_peak_mb(csv_path: Path, out: Path) -> tuple[subprocess.CompletedProc
         finally:
             print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)
         """)
-    return proc, int(proc.stderr.rsplit("peak ", 1)[1].split()[0])
+    peak = int(proc.stderr.rsplit("peak ", 1)[1].split()[0])
+    print(f"peak {peak} MB: report {csv_path.name}")  # shown with -s: the figures in docs/benchmarks.md
+    return proc, peak
 
 
 @pytest.mark.parametrize("text, fragments", [
@@ -242,7 +244,9 @@ def _peak_run(args: list, cwd: Path, timeout: float = 120) -> tuple[subprocess.C
         finally:
             print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)
         """, cwd=cwd, timeout=timeout)
-    return proc, int(proc.stderr.rsplit("peak ", 1)[1].split()[0])
+    peak = int(proc.stderr.rsplit("peak ", 1)[1].split()[0])
+    print(f"peak {peak} MB: {' '.join(map(str, args))}")  # shown with -s: the figures in docs/benchmarks.md
+    return proc, peak
 
 
 def test_hdf5_bombs_are_refused_before_allocating(tmp_path):
