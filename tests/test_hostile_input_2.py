@@ -462,7 +462,7 @@ def test_import_torch_map_values_of_the_wrong_json_type(tmp_path, mapping, fragm
 # ---------------------------------------------------------------------------- solver states
 
 
-def test_solverstate_h5_with_an_iter_past_int32_is_one_error(fixtures, tmp_path, monkeypatch):
+def test_solverstates_with_an_iter_past_int32_are_one_error(fixtures, tmp_path, monkeypatch):
     from caffe_compat.io.solverstate import load_solverstate
     from solver_util import lenet_workdir
     from test_hostile_input import SOLVER
@@ -475,8 +475,15 @@ def test_solverstate_h5_with_an_iter_past_int32_is_one_error(fixtures, tmp_path,
     _, history = load_solverstate(fixtures / "solver" / "sgd_step" / "lenet_iter_6.solverstate")
     _h5(work / "big.solverstate.h5", iter=np.array([2**62], np.int64), current_step=np.array([0], np.int32),
         learned_net=np.array(b"ok.caffemodel", dtype="S14"), **{f"history/{i}": a for i, a in enumerate(history)})
-    one_error(cli("train", "-solver", "s.prototxt", "-snapshot", "big.solverstate.h5"), "big.solverstate.h5",
-              "'iter' is 4611686018427387904")
+    # in a fresh process: the net's Data layer keeps the fixture LMDB open in the process that built it
+    proc_error(run("train", "-solver", "s.prototxt", "-snapshot", "big.solverstate.h5", cwd=work), "big.solverstate.h5",
+               "'iter' is 4611686018427387904")
+    from caffe_compat.io.wire import encode_varint
+
+    raw = (fixtures / "solver" / "sgd_step" / "lenet_iter_6.solverstate").read_bytes()
+    Path("big.solverstate").write_bytes(b"\x08" + encode_varint(2**62) + raw)  # protobuf would read iter 0
+    proc_error(run("train", "-solver", "s.prototxt", "-snapshot", "big.solverstate", cwd=work), "big.solverstate",
+               "SolverState.iter", "4611686018427387904")
 
 
 @pytest.mark.parametrize("kind", ["device", "fifo"])
