@@ -130,7 +130,7 @@ layer { name: "out" type: "HDF5Output" bottom: "data" bottom: "label" hdf5_outpu
 
 
 @pytest.mark.parametrize("edit, needle", [
-    (lambda t: t.replace('source: "train.txt"', 'source: "nope.txt"'), "cannot read the list of HDF5 files 'nope.txt'"),
+    (lambda t: t.replace('source: "train.txt"', 'source: "nope.txt"'), "nope.txt: the list of HDF5 files does not exist"),
     (lambda t: t.replace('include { phase: TRAIN }\n', 'include { phase: TRAIN } transform_param { scale: 2 }\n', 1),
      "does not transform data"),
 ])

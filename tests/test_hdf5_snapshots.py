@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from caffe_compat.cli import main
 from caffe_compat.errors import CaffeCompatError
 from caffe_compat.io.caffemodel import load_caffemodel, load_weights
-from caffe_compat.io.hdf5 import load_weights_hdf5, read_datasets, read_solverstate_hdf5, write_weights_hdf5
+from caffe_compat.io.hdf5 import load_weights_hdf5, read_rows, read_solverstate_hdf5, write_weights_hdf5
 from caffe_compat.net.builder import load_net
 from caffe_compat.net.registry import TEST
 from caffe_compat.solver.caffe_log import CaffeLog
@@ -130,7 +130,7 @@ def test_hdf5_reads_refuse_anything_but_numbers_stored_in_the_file(tmp_path, mak
         other["x"] = np.ones(3)
     path = _bad(tmp_path, make)
     with pytest.raises(CaffeCompatError, match=needle) as err:
-        read_datasets(path, ["data"])
+        read_rows(path, ["data"], [0])
     assert path in str(err.value)
 
 

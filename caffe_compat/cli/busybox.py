@@ -67,16 +67,25 @@ def link_tools(folder: str | os.PathLike[str], target: str | None = None, force:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CaffeCompatError(f"{out}: cannot create the folder: {exc.strerror}") from None
-    made = []
-    for name in LINKS:
-        link = out / name
-        if link.is_symlink() and os.path.realpath(link) == os.path.realpath(target):
+    links = [out / name for name in LINKS]
+    ours = {link for link in links if link.is_symlink() and os.path.realpath(link) == os.path.realpath(target)}
+    # Every name is checked before any link is made (a dangling symlink counts as there), so a
+    # refusal leaves the folder as it was.
+    taken = [link for link in links if link not in ours and (link.exists() or link.is_symlink())]
+    if taken and not force:
+        names = ", ".join(link.name for link in taken)
+        raise CaffeCompatError(f"{out}: {names} already exist(s) (pass --force to replace); no link was made")
+    made: list[Path] = []
+    try:
+        for link in links:
+            if link in ours:
+                continue
+            if link in taken:
+                link.unlink()
+            link.symlink_to(target)
             made.append(link)
-            continue
-        if link.exists() or link.is_symlink():
-            if not force:
-                raise CaffeCompatError(f"{link}: already exists (pass --force to replace it)")
-            link.unlink()
-        link.symlink_to(target)
-        made.append(link)
-    return made
+    except OSError as exc:
+        for link in made:
+            link.unlink(missing_ok=True)
+        raise CaffeCompatError(f"{exc.filename}: cannot make the link: {exc.strerror}; no link was made") from None
+    return links

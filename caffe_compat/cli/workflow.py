@@ -70,12 +70,18 @@ def clean_annotations_cmd(sheet: str, output: str, exclude_remark: tuple[str, ..
               help="Network timeout in seconds, per connect and read.")
 @caffe_option("max-time", type=click.FloatRange(0, min_open=True), default=1800.0, show_default=True,
               help="Most seconds one download attempt may take, however slowly the server sends.")
+@caffe_option("speed-limit", type=click.FloatRange(0), default=1024.0, show_default=True,
+              help="Bytes per second below which a transfer is cut off (and retried) once it lasts --speed-time.")
+@caffe_option("speed-time", type=click.FloatRange(0, min_open=True), default=None,
+              help="Seconds a transfer may stay below --speed-limit [default: --timeout].")
 @caffe_option("manifest", default=None, type=click.Path(dir_okay=False), help="Manifest CSV (default OUTPUT/download_manifest.csv).")
 @progress_option()
 def download_videos_cmd(clean_csv: str, output: str, jobs: int, retries: int, backoff: float, timeout: float,
-                        max_time: float, manifest: str | None, progress: bool | None) -> None:
+                        max_time: float, speed_limit: float, speed_time: float | None, manifest: str | None,
+                        progress: bool | None) -> None:
     """Download every URL of CLEAN_CSV, resuming partial files and skipping finished ones."""
-    options = DownloadOptions(jobs, retries, backoff, timeout, progress=want_progress(progress), max_time=max_time)
+    options = DownloadOptions(jobs, retries, backoff, timeout, progress=want_progress(progress), max_time=max_time,
+                              speed_limit=speed_limit, speed_time=speed_time)
     result = download_videos(clean_csv, output, options, manifest)
     _notices([f"row {r['row']} ({r['url']}): {r['error']}" for r in result.rows if r["status"] == "failed"])
     click.echo(result.table())

@@ -25,6 +25,10 @@ from caffe_compat.errors import CaffeCompatError, where
 
 MAX_IN_MEMORY = 2 << 30  # bytes of database files read into memory for training
 
+# LevelDB's write-ahead log (db/log_format.h): 32 KiB blocks of records, each with a 7-byte
+# header (checksum, 2-byte length, type); FIRST and MIDDLE fragments continue in the next record.
+_LOG_BLOCK, _LOG_HEADER, _FIRST, _MIDDLE = 32768, 7, 2, 3
+
 
 def is_leveldb(path: str | os.PathLike[str]) -> bool:
     """A LevelDB folder: it has CURRENT (and no LMDB data.mdb)."""
@@ -32,13 +36,46 @@ def is_leveldb(path: str | os.PathLike[str]) -> bool:
     return (p / "CURRENT").is_file() and not (p / "data.mdb").exists()
 
 
+def _log_cut_short(log: Path) -> bool:
+    """Whether a LevelDB log ends inside a record. LevelDB itself drops such a tail without a
+    word even with paranoid checks (it takes it for a write interrupted by a crash), and the
+    records after the cut are lost; a database copied or downloaded short looks the same."""
+    pending = False
+    with open(log, "rb") as handle:
+        while block := handle.read(_LOG_BLOCK):
+            pos = 0
+            while len(block) - pos >= _LOG_HEADER:
+                length, kind = int.from_bytes(block[pos + 4:pos + 6], "little"), block[pos + 6]
+                if kind == 0 and length == 0 and not any(block[pos:]):
+                    break  # zero padding to the end of the block
+                pos += _LOG_HEADER + length
+                if pos > len(block):
+                    return True
+                pending = kind in (_FIRST, _MIDDLE)
+            if len(block) < _LOG_BLOCK and pos < len(block):
+                return True  # a header cut in two (a full block may end in up to 6 bytes of padding)
+    return pending
+
+
+def _reason(exc: Exception) -> str:
+    """plyvel's message (it carries LevelDB's status as bytes)."""
+    arg = exc.args[0] if exc.args else exc
+    return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
+
+
 def _open(path: Path, create: bool = False):
     import plyvel
 
+    if not create:
+        for log in sorted(path.glob("*.log")):
+            if _log_cut_short(log):
+                raise CaffeCompatError(f"{where(path)}: LevelDB log {log.name} ends inside a record (the file was cut "
+                                       "short, e.g. by an interrupted copy): the records after the cut are lost")
     try:
-        return plyvel.DB(str(path), create_if_missing=create, error_if_exists=create)
+        # paranoid_checks: a damaged record is an error, never silently skipped.
+        return plyvel.DB(str(path), create_if_missing=create, error_if_exists=create, paranoid_checks=True)
     except (plyvel.Error, OSError) as exc:
-        raise CaffeCompatError(f"{where(path)}: cannot open LevelDB: {exc}") from None
+        raise CaffeCompatError(f"{where(path)}: cannot open LevelDB: {_reason(exc)}") from None
 
 
 def iter_leveldb(path: str | os.PathLike[str]) -> Iterator[tuple[bytes, bytes]]:
@@ -46,9 +83,13 @@ def iter_leveldb(path: str | os.PathLike[str]) -> Iterator[tuple[bytes, bytes]]:
     p = Path(path)
     if not is_leveldb(p):
         raise CaffeCompatError(f"{where(p)}: not a LevelDB folder (no CURRENT file)")
+    import plyvel
+
     db = _open(p)
     try:
-        yield from db.iterator()
+        yield from db.iterator(verify_checksums=True)
+    except plyvel.Error as exc:
+        raise CaffeCompatError(f"{where(p)}: damaged LevelDB: {_reason(exc)}") from None
     finally:
         db.close()
 
@@ -124,10 +165,16 @@ def build_leveldb(target: str | os.PathLike[str]) -> Iterator:
 
 def convert_leveldb_to_lmdb(source: str | os.PathLike[str], target: str | os.PathLike[str],
                             overwrite: bool = False) -> int:
-    """Copy every record of a LevelDB into a new LMDB (same keys, same values); the count."""
+    """Copy every record of a LevelDB into a new LMDB (same keys, same values); the count,
+    checked against what the LMDB holds before it is moved into place."""
     count = 0
     with build_lmdb(target, overwrite=overwrite) as db:
         for key, value in iter_leveldb(source):
             db.put(key, value)
             count += 1
+        db.commit()
+        written = db.env.stat()["entries"]
+        if written != count:
+            raise CaffeCompatError(f"{where(target)}: read {count} records from {source} but the LMDB holds "
+                                   f"{written}; nothing written")
     return count

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from caffe_compat.errors import CaffeCompatError, where
+from caffe_compat.io.inputs import read_capped
 
 _INT32 = 1 << 32
 _LONG_MAX = (1 << 63) - 1
+MAX_LIST_BYTES = 1 << 30  # 20 million lines of 50 bytes; /dev/zero or a runaway file stops here
 _LONG_MIN = -(1 << 63)
 _C_SPACE = b" \t\n\v\f\r"
 _PLAIN_INT = re.compile(rb"[+-]?[0-9]+")
@@ -126,12 +128,7 @@ def parse_list_bytes(data: bytes, path: str | os.PathLike[str]) -> ImageList:
 def read_list(path: str | os.PathLike[str]) -> ImageList:
     """Read and parse a list file; a missing, unreadable or empty file is a clear error."""
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except IsADirectoryError:
-        raise CaffeCompatError(f"{where(p)}: is a directory, expected a list file") from None
-    except OSError as exc:
-        raise CaffeCompatError(f"{where(p)}: cannot read list file: {exc.strerror}") from None
+    data = read_capped(p, "the image list file", MAX_LIST_BYTES)
     parsed = parse_list_bytes(data, p)
     if not parsed.entries:
         raise CaffeCompatError(f"{where(p)}: list file is empty (expected lines 'path label')")

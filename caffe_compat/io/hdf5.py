@@ -16,6 +16,7 @@ own numbers. Writes go through :func:`caffe_compat.atomic.atomic_write`.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -24,8 +25,11 @@ import numpy as np
 from caffe_compat.atomic import atomic_write
 from caffe_compat.errors import CaffeCompatError
 from caffe_compat.io.blob import blob_to_array
+from caffe_compat.io.inputs import check_regular
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
+MAX_VALUES = 2**31 - 1  # Caffe's Blob::Reshape CHECK_LE(count_, INT_MAX)
+MAX_EXPANSION = 1100  # bytes of values per stored byte of a compressed (filtered) dataset
 
 
 def is_hdf5(path: str | os.PathLike[str]) -> bool:
@@ -43,8 +47,7 @@ def open_hdf5(path: str | os.PathLike[str], what: str) -> Iterator[Any]:
     import h5py
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CaffeCompatError(f"{path}: {what} does not exist")
+    check_regular(path, what)
     if not is_hdf5(path):
         raise CaffeCompatError(f"{path}: not an HDF5 file (no HDF5 signature at its start); expected {what}")
     try:
@@ -77,9 +80,26 @@ def _numeric(group, name: str, where: str):
     dataset = _member(group, name, where, "dataset")
     if dataset.dtype.kind not in "fiub":
         raise CaffeCompatError(f"{where}: dataset '{name}' holds {dataset.dtype} values; Caffe reads only numbers")
-    if dataset.is_virtual or dataset.id.get_create_plist().get_external_count():
+    plist = dataset.id.get_create_plist()
+    if dataset.is_virtual or plist.get_external_count():
         raise CaffeCompatError(f"{where}: dataset '{name}' keeps its values in other files; only data stored in the file is read")
+    _check_stored(dataset, plist.get_nfilters(), f"{where}: dataset '{name}'")
     return dataset
+
+
+def _check_stored(dataset, filters: int, where: str) -> None:
+    """Refuse, before anything is allocated, a dataset declaring more values than its file can
+    hold: a few KB declaring 800,000,000 floats in chunks never written would otherwise be read
+    as gigabytes of fill values. Unfiltered data is stored byte for byte; compressed data may
+    expand at most :data:`MAX_EXPANSION` times (deflate's limit is about 1032)."""
+    count = math.prod(dataset.shape)
+    if count > MAX_VALUES:
+        raise CaffeCompatError(f"{where} declares {count:,} values, more than a Caffe blob holds ({MAX_VALUES:,})")
+    declared = count * dataset.dtype.itemsize
+    stored = dataset.id.get_storage_size()
+    if declared > (stored * MAX_EXPANSION if filters else stored):
+        raise CaffeCompatError(f"{where} declares {dataset.shape} ({declared:,} bytes) but the file stores only "
+                               f"{stored:,} bytes of it (unwritten chunks or a file cut short)")
 
 
 def read_array(group, name: str, where: str) -> np.ndarray:
@@ -101,7 +121,10 @@ def _read_int(group, name: str, where: str) -> int:
     values = read_array(group, name, where)
     if values.dtype.kind not in "iu" or values.size != 1:
         raise CaffeCompatError(f"{where}: '{name}' is not a single integer")
-    return int(values.reshape(-1)[0])
+    value = int(values.reshape(-1)[0])
+    if not -(2**31) <= value < 2**31:
+        raise CaffeCompatError(f"{where}: '{name}' is {value}, past the 32-bit integer Caffe stores")
+    return value
 
 
 def _indexed(group, where: str) -> list[np.ndarray]:
@@ -197,19 +220,21 @@ def read_solverstate_hdf5(path: str | os.PathLike[str]) -> tuple[int, str, int, 
 # ---------------------------------------------------------------------------- data files
 
 
-def read_datasets(path: str | os.PathLike[str], names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The named datasets of an HDF5Data source file as float32, checked to have as many rows."""
+def read_rows(path: str | os.PathLike[str], names: Sequence[str], rows: Sequence[int]) -> dict[str, np.ndarray]:
+    """Rows ``rows`` (any order, repeats allowed) of the named datasets of an HDF5Data source, as
+    float32: only those rows are read, so a batch costs a batch's memory whatever the file holds."""
     path = os.fspath(path)
+    unique, inverse = np.unique(np.asarray(rows, np.int64), return_inverse=True)
     out: dict[str, np.ndarray] = {}
     with open_hdf5(path, "an HDF5 data file") as h5:
         for name in names:
-            values = read_array(h5, name, path)
-            if values.ndim < 1:
-                raise CaffeCompatError(f"{path}: dataset '{name}' has no rows (a scalar)")
-            out[name] = np.ascontiguousarray(values, dtype=np.float32)
-    rows = {name: len(a) for name, a in out.items()}
-    if len(set(rows.values())) > 1:
-        raise CaffeCompatError(f"{path}: datasets have different numbers of rows: {rows}")
+            dataset = _numeric(h5, name, path)
+            if dataset.ndim < 1 or not 0 <= unique[0] <= unique[-1] < dataset.shape[0]:
+                raise CaffeCompatError(f"{path}: dataset '{name}' of shape {dataset.shape} has no row {unique[-1]} "
+                                       "(the file changed while training?)")
+            first, last = int(unique[0]), int(unique[-1])
+            values = dataset[first:last + 1] if last - first + 1 == len(unique) else dataset[unique.tolist()]
+            out[name] = np.asarray(values, dtype=np.float32)[inverse]
     return out
 
 

@@ -214,5 +214,11 @@ def check_fields(buf: memoryview, descriptor: Descriptor, start: int = 0, end: i
                 f.start,
                 f"field {f.number} ({descriptor.name}.{fd.name}) is {_WIRE_NAMES[f.wire_type]}, expected {expected}",
             )
+        if fd.type == FieldDescriptor.TYPE_INT32 and f.wire_type == 0:
+            # protobuf keeps the low 32 bits of a wider value without a word (2^62 reads as 0)
+            raw, _ = read_varint(buf, f.value_start, f.end)
+            value = raw - (1 << 64) if raw >= 1 << 63 else raw
+            if not -(1 << 31) <= value < 1 << 31:
+                raise WireError(f.start, f"field {f.number} ({descriptor.name}.{fd.name}) is {value}, past 32 bits")
         known += 1
     return known

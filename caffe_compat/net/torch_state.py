@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -159,27 +160,40 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise CaffeCompatError(f"{where(path)}: no such state dict file")
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
-        from safetensors.numpy import load_file
+        from safetensors.torch import load_file
 
-        try:
-            return dict(load_file(path))
-        except (SafetensorError, OSError, ValueError) as exc:
+        try:  # through torch: BF16, F16 and F8 tensors (what PyTorch users save) have no numpy type
+            loaded = dict(load_file(path))
+        except (SafetensorError, OSError, ValueError, TypeError) as exc:
             raise CaffeCompatError(f"{where(path)}: not a valid safetensors file: {exc}") from None
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle and torch raise many types; weights_only refuses code
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CaffeCompatError(f"{where(path)}: cannot load it with torch.load(weights_only=True) (save "
-                               f"model.state_dict(), not the model): {first}") from None
+    else:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle and torch raise many types; weights_only refuses code
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CaffeCompatError(f"{where(path)}: cannot load it with torch.load(weights_only=True) (save "
+                                   f"model.state_dict(), not the model): {first}") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(loaded, Mapping) and isinstance(loaded.get(wrapper), Mapping):
             loaded = loaded[wrapper]
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise CaffeCompatError(f"{where(path)}: expected a state dict (names -> tensors)")
+    odd = [key for key in loaded if not isinstance(key, str)]
+    if odd:
+        raise CaffeCompatError(f"{where(path)}: state dict keys must be names (strings), found {len(odd)} that are "
+                               f"not, e.g. {odd[0]!r} ({type(odd[0]).__name__})")
     if loaded and all(key.startswith("module.") for key in loaded):
         loaded = {key[len("module."):]: value for key, value in loaded.items()}
-    return {key: value.detach().float().numpy() if value.is_floating_point() else value.numpy()
-            for key, value in loaded.items()}
+    return {key: _to_numpy(value, key, path) for key, value in loaded.items()}
+
+
+def _to_numpy(value: torch.Tensor, key: str, path: str) -> np.ndarray:
+    """Floating tensors of any width (BF16, F16, F8) as float32; others as they are."""
+    try:
+        return value.detach().float().numpy() if value.is_floating_point() else value.numpy()
+    except (TypeError, RuntimeError) as exc:
+        raise CaffeCompatError(f"{where(path)}: tensor '{key}' of type {value.dtype} cannot be read as numbers: "
+                               f"{exc}") from None
 
 
 def read_mapping(spec: str) -> dict:
@@ -200,6 +214,19 @@ def read_mapping(spec: str) -> dict:
         raise CaffeCompatError(f"{where(path)}: not a valid mapping file: {exc}") from None
     if not isinstance(mapping, dict) or not isinstance(mapping.get("blobs"), dict):
         raise CaffeCompatError(f"{where(path)}: a mapping file needs a 'blobs' object (Caffe key -> state key)")
+    bad = next((f"'blobs' value for {k!r} is {json.dumps(v)[:40]}, not a state key (a string)"
+                for k, v in mapping["blobs"].items() if not isinstance(v, str)), None)
+    constants, ignore = mapping.get("constants", {}), mapping.get("ignore", [])
+    if bad is None and not isinstance(constants, dict):
+        bad = "'constants' must be an object (Caffe key -> number)"
+    if bad is None:
+        bad = next((f"'constants' value for {k!r} is {json.dumps(v)[:40]}, not a finite number"
+                    for k, v in constants.items()
+                    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)), None)
+    if bad is None and (not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore)):
+        bad = "'ignore' must be a list of glob patterns (strings)"
+    if bad is not None:
+        raise CaffeCompatError(f"{where(path)}: {bad}")
     mapping["_path"] = os.fspath(path)
     return mapping
 

@@ -24,6 +24,7 @@ from caffe_compat.errors import CaffeCompatError, where
 
 METADATA_KEY = "caffe_compat.input_transform"
 CHANNEL_ORDERS = ("bgr", "rgb")
+MAX_RESIZE_PIXELS = 1 << 28  # as predict's --resize: one float32 colour image of it is 3 GiB already
 
 
 @dataclass(frozen=True)
@@ -141,16 +142,37 @@ class InputTransform:
 
     @classmethod
     def from_metadata(cls, text: str, path: str | os.PathLike[str]) -> tuple[str, InputTransform]:
-        """(input name, the host's part of the transform) from a model's metadata value."""
+        """(input name, the host's part of the transform) from a model's metadata value; every
+        field is checked, since a model file can come from anyone."""
+        def bad(why: str) -> CaffeCompatError:
+            return CaffeCompatError(f"{where(path)}: metadata '{METADATA_KEY}' is not valid: {why}")
+
         try:
             record = json.loads(text)
-            resize = record.get("resize")
-            transform = cls(None, float(record.get("scale", 1.0)), str(record["channel_order"]),
-                            record["dtype"] == "uint8", tuple(int(v) for v in resize) if resize else None,
-                            int(record.get("crop_size", 0)), record.get("mean") or "")
-            return str(record["input"]), transform
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CaffeCompatError(f"{where(path)}: metadata '{METADATA_KEY}' is not valid: {exc}") from None
+        except ValueError as exc:
+            raise bad(f"not JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise bad(f"a JSON {type(record).__name__}, not an object")
+        name, order, dtype = record.get("input"), record.get("channel_order"), record.get("dtype")
+        if not isinstance(name, str) or not name:
+            raise bad("'input' must name the model's input")
+        if order not in CHANNEL_ORDERS or dtype not in ("uint8", "float32"):
+            raise bad(f"'channel_order' must be one of {', '.join(CHANNEL_ORDERS)} and 'dtype' uint8 or float32, "
+                      f"got {order!r} and {dtype!r}")
+        resize, crop, scale = record.get("resize"), record.get("crop_size", 0), record.get("scale", 1.0)
+        if resize is not None and not (isinstance(resize, list) and len(resize) == 2
+                                       and all(type(v) is int and v > 0 for v in resize)):
+            raise bad(f"'resize' must be [height, width] of positive integers, got {str(resize)[:60]}")
+        if resize is not None and resize[0] * resize[1] > MAX_RESIZE_PIXELS:
+            raise bad(f"'resize' {resize[0]}x{resize[1]} is past any image (at most {MAX_RESIZE_PIXELS:,} pixels)")
+        if type(crop) is not int or not 0 <= crop <= (min(resize) if resize else 1 << 16):
+            raise bad(f"'crop_size' must be an integer from 0 to the resized size, got {str(crop)[:60]}")
+        if type(scale) not in (int, float) or not np.isfinite(scale) or scale == 0:
+            raise bad(f"'scale' must be a finite non-zero number, got {str(scale)[:60]}")
+        mean = record.get("mean")
+        transform = cls(None, float(scale), order, dtype == "uint8", tuple(resize) if resize else None, crop,
+                        mean if isinstance(mean, str) else "")
+        return name, transform
 
     def model_input(self, pixels: np.ndarray) -> np.ndarray:
         """Host pixels (float32 BGR NxCxHxW, resized and cropped) in the dtype and channel order
@@ -218,4 +240,16 @@ def model_transform(session, source: str | os.PathLike[str]) -> tuple[str, Input
     """(input name, transform) recorded in a session's model metadata, or None for a model
     that takes Caffe's already transformed input."""
     text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    return None if text is None else InputTransform.from_metadata(text, source)
+    if text is None:
+        return None
+    name, transform = InputTransform.from_metadata(text, source)
+    inputs = {arg.name: arg for arg in session.get_inputs()}
+    if name not in inputs:
+        raise CaffeCompatError(f"{where(source)}: metadata '{METADATA_KEY}' names input '{name[:60]}', the model's "
+                               f"are {', '.join(inputs)}")
+    kind = getattr(inputs[name], "type", None)  # ONNX Runtime's 'tensor(float)'; our torch engine has none
+    wanted = "tensor(uint8)" if transform.uint8 else "tensor(float)"
+    if kind is not None and kind != wanted:
+        raise CaffeCompatError(f"{where(source)}: metadata '{METADATA_KEY}' says the input is "
+                               f"{'uint8' if transform.uint8 else 'float32'} but the model's input '{name}' is {kind}")
+    return name, transform

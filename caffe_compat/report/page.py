@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import html
+import re
 from typing import Callable, Sequence
 
 from caffe_compat.report.galleries import Gallery, caption
@@ -127,16 +128,25 @@ def render_html(title: str, info: Sequence[tuple[str, str]], metrics: dict, char
     return "\n".join(parts)
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|&!])")
+
+
+def md_escape(text: str) -> str:
+    """``text`` as literal Markdown: keys, label names and flags come from users' files, and raw
+    HTML (``<script>``, ``<img onerror>``) or links in them would run in viewers that render it."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
 def render_markdown(title: str, info: Sequence[tuple[str, str]], metrics: dict, flags: list[dict],
                     notes: Sequence[str]) -> str:
     """report.md: the lead sentence and every table (charts and pictures are in report.html)."""
 
     def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-        esc = [[v.replace("|", "\\|") for v in r] for r in [list(header), *rows]]
+        esc = [[md_escape(v) for v in r] for r in [list(header), *rows]]
         return ["| " + " | ".join(esc[0]) + " |", "|" + " --- |" * len(header), *("| " + " | ".join(r) + " |" for r in esc[1:])]
 
-    lines = [f"# {title}", "", lead(metrics), "", *table(["", ""], info), ""]
-    lines += [f"> {n}" for n in notes] + ([""] if notes else [])
+    lines = [f"# {md_escape(title)}", "", md_escape(lead(metrics)), "", *table(["", ""], info), ""]
+    lines += [f"> {md_escape(n)}" for n in notes] + ([""] if notes else [])
     lines += ["## Summary", "", *table(["metric", "value"], summary_rows(metrics)), ""]
     for name, header, rows in _tables(metrics, flags):
         lines += [f"## {name}", "", *table(header, rows), ""]

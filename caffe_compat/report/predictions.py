@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from caffe_compat.errors import CaffeCompatError, where
+from caffe_compat.io.inputs import read_capped
 from caffe_compat.data.scores import SCORE_CLASSES, SCORE_MIN
 
 TOP_K = 5
@@ -223,28 +224,50 @@ def _topk_columns(k: int) -> tuple[str, ...]:
     return tuple(c for i in range(1, k + 1) for c in (f"top{i}_class", f"top{i}_prob"))
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def sheet_cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one starting like a formula (``=``, ``+``, ``-``,
+    ``@``, tab, CR, as OWASP lists) gets a leading ``'``; so does one starting with ``'`` itself,
+    so :func:`unsheet_cell` gives every text back unchanged."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def unsheet_cell(text: str) -> str:
+    """The text :func:`sheet_cell` was given."""
+    return text[1:] if text.startswith("'") else text
+
+
+def _csv_line(cells: Sequence[str]) -> str:
+    """One CSV line ending in LF. The writer is given CRLF so that it quotes a cell holding a lone
+    CR as well as one holding LF (with LF alone it leaves CR bare, which splits the row on reading)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n").writerow(cells)
+    return buf.getvalue()[:-2] + "\n"
+
+
 def to_csv(pred: Predictions) -> str:
     """``predictions.csv``: one row per sample; floats in full precision (``repr``), so a report
     re-rendered from the CSV has the same numbers."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
     k = pred.topk.shape[1] if pred.topk is not None else 0
-    writer.writerow([*_BASE, *_MODE_COLUMNS[pred.mode], *_topk_columns(k), "flags"])
+    buf.write(_csv_line([*_BASE, *_MODE_COLUMNS[pred.mode], *_topk_columns(k), "flags"]))
     for i in range(len(pred)):
         label = repr(float(pred.label[i])) if pred.mode == "regression" else str(int(pred.label[i]))
-        truth = pred.show_class(pred.label[i]) if pred.mode == "classification" else repr(float(pred.truth[i]))
-        row = [str(int(pred.index[i])), pred.keys[i], label, truth]
+        truth = sheet_cell(pred.show_class(pred.label[i])) if pred.mode == "classification" else repr(float(pred.truth[i]))
+        row = [str(int(pred.index[i])), sheet_cell(pred.keys[i]), label, truth]
         if pred.mode == "score":
             row += [repr(float(pred.expectation[i])), _show_number(pred.argmax_values()[i]),
                     repr(float(pred.prediction[i]))]
         elif pred.mode == "regression":
             row += [repr(float(pred.prediction[i]))]
         else:
-            row += [pred.show_class(pred.argmax[i])]
+            row += [sheet_cell(pred.show_class(pred.argmax[i]))]
         for j in range(k):
             row += [str(int(pred.topk[i, j])), repr(float(pred.topk_prob[i, j]))]
-        row.append("" if pred.flags is None else ";".join(pred.flags[i]))
-        writer.writerow(row)
+        row.append("" if pred.flags is None else sheet_cell(";".join(pred.flags[i])))
+        buf.write(_csv_line(row))
     return buf.getvalue()
 
 
@@ -257,11 +280,16 @@ def read_csv(path: str | os.PathLike[str], decode: str | None = None,
     ``flags`` are used when present.
     """
     path = Path(path)
+    raw = read_capped(path, "the predictions CSV", MAX_CSV_BYTES)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CaffeCompatError(f"{where(path)}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    rows = list(csv.reader(io.StringIO(text)))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CaffeCompatError(f"{where(path)}: not UTF-8 text (byte {exc.start})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = list(reader)  # csv's own field cap (128 KiB) stops a field that runs on and on
+    except csv.Error as exc:
+        raise CaffeCompatError(f"{where(path, reader.line_num)}: {exc}") from None
     if not rows:
         raise CaffeCompatError(f"{where(path)}: empty file (expected a header line)")
     header, body = rows[0], [r for r in rows[1:] if r]
@@ -287,28 +315,30 @@ def read_csv(path: str | os.PathLike[str], decode: str | None = None,
                 raise CaffeCompatError(f"{where(path, line_no)}: {len(row)} fields, the header has {len(header)}")
             try:
                 out.append(parse(row[column[name]]))
-            except ValueError:
-                raise CaffeCompatError(f"{where(path, line_no)}: column '{name}': bad value {row[column[name]]!r}") from None
+            except ValueError as exc:
+                why = f" ({exc.args[0]})" if exc.args and parse in _RANGED else ""
+                raise CaffeCompatError(f"{where(path, line_no)}: column '{name}': bad value "
+                                       f"{row[column[name]][:40]!r}{why}") from None
         return out
 
-    keys = tuple(cells("key", str))
-    index = np.asarray(cells("index", int) if "index" in column else range(len(keys)), np.int64)
-    flags = (tuple(tuple(f for f in s.split(";") if f) for s in cells("flags", str)) if "flags" in column else None)
+    keys = tuple(cells("key", unsheet_cell))
+    index = np.asarray(cells("index", _index) if "index" in column else range(len(keys)), np.int64)
+    flags = (tuple(tuple(f for f in s.split(";") if f) for s in cells("flags", unsheet_cell)) if "flags" in column else None)
     k = 0
     while f"top{k + 1}_class" in column and f"top{k + 1}_prob" in column:
         k += 1
-    topk = np.asarray([cells(f"top{j}_class", int) for j in range(1, k + 1)], np.int64).T.reshape(len(keys), k) if k else None
-    topk_prob = (np.asarray([cells(f"top{j}_prob") for j in range(1, k + 1)], np.float64).T.reshape(len(keys), k)
+    topk = np.asarray([cells(f"top{j}_class", _class) for j in range(1, k + 1)], np.int64).T.reshape(len(keys), k) if k else None
+    topk_prob = (np.asarray([cells(f"top{j}_prob", _finite) for j in range(1, k + 1)], np.float64).T.reshape(len(keys), k)
                  if k else None)
     if mode == "regression":
-        labels = np.asarray(cells("label") if "label" in column else cells("ground_truth"), np.float64)
-        return Predictions("regression", keys, index, labels, np.asarray(cells("ground_truth")),
-                           np.asarray(cells("prediction")), decode="value", flags=flags)
-    labels = np.asarray(cells("label", int), np.int64)
+        labels = np.asarray(cells("label", _finite) if "label" in column else cells("ground_truth", _finite), np.float64)
+        return Predictions("regression", keys, index, labels, np.asarray(cells("ground_truth", _finite)),
+                           np.asarray(cells("prediction", _finite)), decode="value", flags=flags)
+    labels = np.asarray(cells("label", _class), np.int64)
     if mode == "score":
-        truth = np.asarray(cells("ground_truth"))
-        argmax_value = np.asarray(cells("argmax"))
-        expectation = np.asarray(cells("expectation"))
+        truth = np.asarray(cells("ground_truth", _finite))
+        argmax_value = np.asarray(cells("argmax", _finite))
+        expectation = np.asarray(cells("expectation", _finite))
         label_map = label_map or _values_from_rows(labels, truth, topk)
         if label_map.values is None or len(label_map) <= max(int(labels.max()), int(topk.max()) if k else 0):
             raise CaffeCompatError(f"--labels gives {len(label_map)} classes, fewer than {path.name} uses")
@@ -318,17 +348,45 @@ def read_csv(path: str | os.PathLike[str], decode: str | None = None,
         prediction = argmax_value if decode == "argmax" else expectation
         return Predictions("score", keys, index, labels, truth, prediction, expectation, argmax, topk, topk_prob,
                            label_map, decode, flags)
-    argmax_text = cells("argmax", str)
-    argmax = topk[:, 0] if k else np.asarray(cells("argmax", int), np.int64)
+    argmax_text = cells("argmax", unsheet_cell)
+    argmax = topk[:, 0] if k else np.asarray(cells("argmax", _class), np.int64)
     if label_map is None:  # class names: from the ground truth and argmax columns where they are not indices
         known = dict(zip(argmax.tolist(), argmax_text))
         if "ground_truth" in column:
-            known.update(zip(labels.tolist(), cells("ground_truth", str)))
+            known.update(zip(labels.tolist(), cells("ground_truth", unsheet_cell)))
         size = max([*known, *(topk.reshape(-1).tolist() if k else [])]) + 1
         if any(known.get(c, str(c)) != str(c) for c in range(size)):
             label_map = LabelMap(names=tuple(known.get(c, str(c)) for c in range(size)))
     return Predictions("classification", keys, index, labels, labels.astype(np.float64), argmax.astype(np.float64),
                        None, argmax, topk, topk_prob, label_map, "argmax", flags)
+
+
+MAX_CSV_BYTES = 1 << 30  # a predictions.csv of a million samples is about 200 MB
+MAX_CLASSES = 1 << 20  # class indices in a CSV; the report builds a table of this many classes
+
+
+def _index(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 1 << 63:
+        raise ValueError("a record index is 0 .. 2^63-1")
+    return value
+
+
+def _class(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < MAX_CLASSES:
+        raise ValueError(f"a class index is 0 .. {MAX_CLASSES - 1:,}")
+    return value
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("not a finite number")
+    return value
+
+
+_RANGED = (_index, _class, _finite)
 
 
 def _values_from_rows(labels: np.ndarray, truth: np.ndarray, topk: np.ndarray | None) -> LabelMap:

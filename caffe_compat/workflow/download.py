@@ -92,6 +92,15 @@ class DownloadOptions:
     timeout: float = 30.0  # per network read (and connect)
     progress: bool = True
     max_time: float = 1800.0  # per attempt, everything included
+    # curl's --speed-limit/--speed-time: a body arriving slower than ``speed_limit`` bytes/s for
+    # ``speed_time`` seconds (None: ``timeout``) is cut off and retried; a server trickling a byte
+    # every half second would otherwise hold a worker for the whole ``max_time``.
+    speed_limit: float = 1024.0
+    speed_time: float | None = None
+
+    @property
+    def slow_seconds(self) -> float:
+        return self.timeout if self.speed_time is None else self.speed_time
 
 
 @dataclass
@@ -188,6 +197,24 @@ class _Watch:
     def check(self) -> None:
         if self.expired:
             raise _Retryable(f"gave up after {self.seconds:g} s (--max-time)")
+
+
+class _SpeedWatch:
+    """Bytes received per window of ``seconds``; a whole window below ``limit`` bytes/s is retryable."""
+
+    def __init__(self, limit: float, seconds: float) -> None:
+        self.limit, self.seconds = limit, seconds
+        self.start, self.bytes = time.monotonic(), 0
+
+    def check(self, count: int, received: int) -> None:
+        self.bytes += count
+        elapsed = time.monotonic() - self.start
+        if elapsed < self.seconds:
+            return
+        if self.bytes < self.limit * elapsed:
+            raise _Retryable(f"slower than {self.limit:g} bytes/s for {elapsed:.0f} s ({self.bytes} bytes; "
+                             f"--speed-limit/--speed-time) after {received} bytes")
+        self.start, self.bytes = time.monotonic(), 0
 
 
 def _watched(base: type, watch: _Watch) -> type:
@@ -386,6 +413,7 @@ class _Downloader:
         length = response.headers.get("Content-Length")
         expected = offset + int(length) if length and length.isdigit() else None
         received = offset
+        speed = _SpeedWatch(self.options.speed_limit, self.options.slow_seconds)
         with open(partial, mode) as handle:
             while True:
                 try:
@@ -398,6 +426,7 @@ class _Downloader:
                     break
                 handle.write(chunk)
                 received += len(chunk)
+                speed.check(len(chunk), received)
             handle.flush()
             os.fsync(handle.fileno())
         if expected is not None and received < expected:
@@ -448,6 +477,9 @@ def download_videos(
         raise CaffeCompatError(f"--jobs must be at least 1, got {options.jobs}")
     if not options.max_time > 0 or not options.timeout > 0:
         raise CaffeCompatError(f"--timeout and --max-time must be positive, got {options.timeout}, {options.max_time}")
+    if not options.speed_limit >= 0 or not options.slow_seconds > 0:
+        raise CaffeCompatError(f"--speed-limit must be >= 0 and --speed-time positive, got {options.speed_limit}, "
+                               f"{options.speed_time}")
     rows = read_url_rows(clean_csv)
     folder = make_folder(out_dir)
     downloader = _Downloader(folder, options, sleep)

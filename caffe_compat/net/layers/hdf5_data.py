@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,8 +21,12 @@ from torch.utils.data import DataLoader
 
 from caffe_compat.data.batches import batch_loader
 from caffe_compat.errors import CaffeCompatError
-from caffe_compat.io.hdf5 import dataset_shapes, read_datasets
+from caffe_compat.io.inputs import check_regular, read_capped
+from caffe_compat.io.hdf5 import dataset_shapes, read_rows
 from caffe_compat.net.registry import Layer, Shape, register_layer
+
+
+MAX_LIST_BYTES = 64 << 20  # the list of HDF5 files (a million paths is about 50 MB)
 
 
 class HDF5Batches:
@@ -35,10 +38,6 @@ class HDF5Batches:
         self.total = sum(rows)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.raw = rank, world_size, raw
-        self._loaded: dict[int, dict[str, np.ndarray]] = {}
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_loaded": {}}
 
     def _order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """The epoch's file order and the cumulative row counts along it."""
@@ -57,28 +56,21 @@ class HDF5Batches:
             row = int(np.random.default_rng([self.seed, epoch, file]).permutation(self.rows[file])[row])
         return file, row
 
-    def _file(self, index: int) -> dict[str, np.ndarray]:
-        if index not in self._loaded:
-            if len(self._loaded) >= 2:  # rows are read in order: the current file and the next
-                self._loaded.pop(next(iter(self._loaded)))
-            arrays = read_datasets(self.files[index], self.tops)
-            if len(next(iter(arrays.values()))) != self.rows[index]:
-                raise CaffeCompatError(f"{self.files[index]}: changed while training (row count)")
-            self._loaded[index] = arrays
-        return self._loaded[index]
-
     def __getitem__(self, batch: int) -> tuple[torch.Tensor, ...]:
         if self.raw:
             # The trainer asks for uint8 image batches to finish on the GPU; HDF5 rows are
             # already float tensors, so it falls back to these finished batches.
             raise ValueError("HDF5Data batches are finished float tensors, not raw images")
-        rows: dict[str, list[np.ndarray]] = {top: [] for top in self.tops}
-        for i in range(self.batch_size):
-            file, row = self.locate((batch * self.batch_size + i) * self.world_size + self.rank)
-            arrays = self._file(file)
-            for top in self.tops:
-                rows[top].append(arrays[top][row])
-        return tuple(torch.from_numpy(np.stack(rows[top])) for top in self.tops)
+        places = [self.locate((batch * self.batch_size + i) * self.world_size + self.rank)
+                  for i in range(self.batch_size)]
+        out: dict[str, np.ndarray] = {}
+        for file in dict.fromkeys(f for f, _ in places):  # each file of the batch opened once
+            slots = [i for i, (f, _) in enumerate(places) if f == file]
+            for top, values in read_rows(self.files[file], self.tops, [places[i][1] for i in slots]).items():
+                if top not in out:  # every file's rows have one shape (checked when the layer is built)
+                    out[top] = np.empty((self.batch_size, *values.shape[1:]), np.float32)
+                out[top][slots] = values
+        return tuple(torch.from_numpy(out[top]) for top in self.tops)
 
 
 @register_layer("HDF5Data")
@@ -108,17 +100,20 @@ class HDF5Data(Layer):
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
 
     def _list(self, source: str) -> list[str]:
-        path = Path(source)
         try:
-            names = path.read_text().split()
-        except OSError as exc:
-            raise self.fail(f"cannot read the list of HDF5 files '{source}': {exc.strerror}") from None
+            names = read_capped(source, "the list of HDF5 files", MAX_LIST_BYTES).decode("utf-8", "replace").split()
+        except CaffeCompatError as exc:
+            raise self.fail(str(exc)) from None
         if not names:
             raise self.fail(f"'{source}' lists no HDF5 file")
         for name in names:
-            if not os.path.isfile(name):
+            if not os.path.lexists(name):
                 raise self.fail(f"'{source}' lists '{name}', which does not exist (paths are relative to the "
                                 f"current folder {os.getcwd()}, as in Caffe)")
+            try:
+                check_regular(name, "an HDF5 data file")
+            except CaffeCompatError as exc:
+                raise self.fail(f"'{source}' lists {exc}") from None
         return names
 
     def _scan(self) -> tuple[list[int], list[Shape]]:
