@@ -147,3 +147,14 @@ def test_page_units_headers_keys_and_csv(fx, tmp_path):
 def test_key_html_breaks_only_after_separators():
     assert key_html("00000012_AF1234.jpg") == "00000012_<wbr>AF1234.<wbr>jpg"
     assert key_html("a/b<c") == "a/<wbr>b&lt;c"
+
+
+def test_predict_prints_a_score_for_regression_and_score_nets():
+    from caffe_compat.onnx.predict import format_predictions
+
+    assert format_predictions(["a.jpg"], np.array([[2.62]])) == ["a.jpg: score 2.6200"]
+    probs = np.zeros((1, 40))
+    probs[0, [10, 12]] = 0.5  # half on 70, half on 72
+    line = format_predictions(["b.jpg"], probs, top_k=2)[0]
+    assert line.startswith("b.jpg: score 71.00 (expected over 60..99); top-2 scores [70: 0.5000, 72: 0.5000]")
+    assert format_predictions(["c.jpg"], np.array([[0.1, 0.9]]))[0] == "c.jpg: top-2 [1: 0.9000, 0: 0.1000]"

@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 from caffe_compat.report.galleries import Gallery, caption
 from caffe_compat.report.metrics import show_amount
 from caffe_compat.report.predictions import Predictions
+from caffe_compat.report.videos import WORST_VIDEOS
 
 CSS = """body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222;max-width:1200px}
 h1{font-size:1.5em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
@@ -48,6 +49,12 @@ def summary_rows(metrics: dict) -> list[tuple[str, str]]:
             ("bias (mean error)" + unit, _num(metrics["bias"], 3)), (exact, _pct(metrics["exact_rate"])),
             (_within(metrics, "1"), _pct(metrics["within"]["1"])), (_within(metrics, "5"), _pct(metrics["within"]["5"])),
             ("baseline MAE (always the mean ground truth)" + unit, _num(metrics["mae_predict_mean"]))]
+    if "videos" in metrics:
+        videos = metrics["videos"]
+        rows += [("videos (frames grouped by the video their key names)", str(videos["count"])),
+                 ("MAE of each video's mean prediction" + unit, _num(videos["video_mae"])),
+                 ("per-frame MAE" + unit, _num(videos["frame_mae"])),
+                 ("videos flagged label_suspect (frames agree, label does not)", str(videos["label_suspect"]))]
     if metrics["mode"] == "score":
         rows += [("top-1 accuracy (argmax class)", _pct(metrics["top1_accuracy"])),
                  ("top-5 accuracy", _pct(metrics["top5_accuracy"])),
@@ -104,6 +111,14 @@ def _tables(metrics: dict, flags: list[dict]) -> list[tuple[str, list[str], list
                     ["percentile", f"ground truth ({name})", "better than", f"prediction ({name})", "better than"],
                     [[f"{r['percentile']}%", f"{r['truth']:.3f}", _pct(r["truth_better_than"]),
                       f"{r['prediction']:.3f}", _pct(r["prediction_better_than"])] for r in metrics["percentiles"]]))
+    if "videos" in metrics:
+        name = metrics["unit_name"]
+        out.append((f"Worst videos (of {metrics['videos']['count']})",
+                    ["video", "frames", f"ground truth ({name})", f"mean prediction ({name})", f"error ({name})",
+                     f"per-frame MAE ({name})", f"spread of the frames ({name}, std)", "label suspect"],
+                    [[r["video"], str(r["frames"]), f"{r['truth']:.3f}", f"{r['mean_prediction']:.3f}",
+                      f"{r['error']:+.3f}", f"{r['frame_mae']:.3f}", f"{r['spread']:.3f}", "yes" if r["suspect"] else ""]
+                     for r in metrics["videos"]["rows"][:WORST_VIDEOS]]))
     if flags:
         what = "error rate" if metrics["mode"] == "classification" else f"mean |error| ({metrics['unit_name']})"
         out.append(("Errors per quality flag", ["flag", "samples", f"{what}, flagged", f"{what}, others"],
