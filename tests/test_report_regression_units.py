@@ -158,3 +158,17 @@ def test_predict_prints_a_score_for_regression_and_score_nets():
     line = format_predictions(["b.jpg"], probs, top_k=2)[0]
     assert line.startswith("b.jpg: score 71.00 (expected over 60..99); top-2 scores [70: 0.5000, 72: 0.5000]")
     assert format_predictions(["c.jpg"], np.array([[0.1, 0.9]]))[0] == "c.jpg: top-2 [1: 0.9000, 0: 0.1000]"
+
+
+@pytest.mark.parametrize("side, shown", [(64, 64), (112, 112), (350, 112)])
+def test_thumbnails_shrink_but_never_blow_up(side, shown):
+    import base64
+
+    import cv2
+
+    from caffe_compat.report.images import thumbnail_uri
+
+    picture = np.random.default_rng(side).integers(0, 256, (side, side // 2 * 2, 3), dtype=np.uint8)
+    data = base64.b64decode(thumbnail_uri(picture).split(",", 1)[1])
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert max(decoded.shape[:2]) == shown

@@ -18,7 +18,8 @@ table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding
 th{background:#f4f4f4}td.l,th.l{text-align:left}.lead{font-size:1.15em}
 .charts img{margin:4px;border:1px solid #eee;vertical-align:top}
 .gallery{display:flex;flex-wrap:wrap;gap:8px}.card{width:124px;font-size:11px;text-align:center}
-.card img{width:112px;height:112px;object-fit:contain;background:#eee;display:block;margin:auto}
+.card .pic{width:112px;height:112px;display:flex;align-items:center;justify-content:center;background:#eee;margin:auto}
+.card img{max-width:112px;max-height:112px}
 .card .key{color:#777;overflow-wrap:anywhere}.card .flags{color:#b04}.note{color:#666}"""
 
 
@@ -168,7 +169,8 @@ def render_html(title: str, info: Sequence[tuple[str, str]], metrics: dict, char
         if not gallery.rows:
             parts.append("<p class=note>none</p>")
         for row in gallery.rows:
-            picture = f'<img src="{thumbnail(row)}" alt="{html.escape(pred.keys[row])}">' if thumbnail else ""
+            picture = (f'<div class=pic><img src="{thumbnail(row)}" alt="{html.escape(pred.keys[row])}"></div>'
+                       if thumbnail else "")
             flags_text = ", ".join(pred.flags[row]) if pred.flags else ""
             parts.append(f'<div class=card data-row="{row}">{picture}<div>{html.escape(caption(pred, row))}</div>'
                          f'<div class=key>{key_html(pred.keys[row])}</div>'
