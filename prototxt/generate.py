@@ -44,7 +44,7 @@ SCUT = dict(
 SCUT_CPU = dict(
     data=DataSpec(train_source="data/scut/60-40/scut_train_lmdb", val_source="data/scut/60-40/scut_test_lmdb",
                   mean_file="data/scut/60-40/scut_mean.binaryproto", crop_size=112, train_batch=16),
-    solver=dict(SCUT_SOLVER, max_iter=400, test_iter=0, snapshot=0, solver_mode="CPU"),
+    solver=dict(SCUT_SOLVER, max_iter=400, test_iter=0, snapshot=400, solver_mode="CPU"),
     crop_size=112,
     snapshot_prefix="snapshots/scut_cpu",
 )
