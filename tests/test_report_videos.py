@@ -65,3 +65,9 @@ def test_still_images_have_no_video_section(tmp_path):
     assert group_videos(pred) is None
     write_report(tmp_path / "r", pred)
     assert "videos" not in json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]
+
+
+def test_a_net_that_says_one_thing_for_everything_suspects_no_label(tmp_path):
+    pred = _frames({"a": (70, [75.0] * 3), "b": (80, [75.0] * 3), "c": (65, [75.0] * 3), "d": (74, [75.0] * 3)})
+    write_report(tmp_path / "r", pred)
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]["videos"]["label_suspect"] == 0

@@ -22,6 +22,7 @@ _FRAME = re.compile(r"^(?P<video>.+)_(?P<frame>\d+)\.(?:jpe?g|png|bmp)$", re.IGN
 SUSPECT_SPREAD = 2.0  # units: frames agree when their predictions' std is at most this
 SUSPECT_OFF = 5.0  # units: ... and their mean is at least this far from the label
 SUSPECT_FRAMES = 3
+SUSPECT_RATIO = 3.0  # ... and at least this many times the median video's error
 WORST_VIDEOS = 20
 
 
@@ -60,23 +61,34 @@ def video_metrics(pred: Predictions, videos: Videos, unit: float) -> dict:
     """Per-video MAE (of each video's mean prediction) against the per-frame MAE, and every
     video's row (worst first): frames, label, mean prediction, its error, the frames' spread."""
     table = []
-    for video, rows in zip(videos.ids, videos.rows):
+    suspects = suspect_videos(pred, videos, unit)
+    for k, (video, rows) in enumerate(zip(videos.ids, videos.rows)):
         index = np.asarray(rows)
         truth, prediction = pred.truth[index], pred.prediction[index]
         mean = float(prediction.mean())
         table.append({"video": video, "frames": len(rows), "truth": float(truth.mean()), "mean_prediction": mean,
                       "error": mean - float(truth.mean()), "frame_mae": float(np.abs(prediction - truth).mean()),
-                      "spread": float(prediction.std()), "suspect": _suspect(len(rows), prediction, truth, unit)})
+                      "spread": float(prediction.std()), "suspect": k in suspects})
     table.sort(key=lambda r: (-abs(r["error"]), r["video"]))
     return {"count": len(table), "video_mae": float(np.mean([abs(r["error"]) for r in table])),
             "frame_mae": float(np.abs(pred.errors).mean()), "label_suspect": sum(r["suspect"] for r in table),
             "rows": table}
 
 
-def _suspect(frames: int, prediction: np.ndarray, truth: np.ndarray, unit: float) -> bool:
-    """The frames agree (small spread) and their mean is far from the video's label."""
-    return (frames >= SUSPECT_FRAMES and float(prediction.std()) <= SUSPECT_SPREAD * unit
-            and abs(float(prediction.mean() - truth.mean())) >= SUSPECT_OFF * unit)
+def suspect_videos(pred: Predictions, videos: Videos, unit: float) -> set[int]:
+    """The videos (positions in ``videos``) whose frames agree with each other (spread at most
+    :data:`SUSPECT_SPREAD` units) but whose mean is far from the label: at least
+    :data:`SUSPECT_OFF` units and :data:`SUSPECT_RATIO` times the median video's error (a net
+    that predicts one value for everything makes every video "agree": none stands out then)."""
+    errors, spreads = [], []
+    for rows in videos.rows:
+        index = np.asarray(rows)
+        errors.append(abs(float(pred.prediction[index].mean() - pred.truth[index].mean())))
+        spreads.append(float(pred.prediction[index].std()))
+    typical = float(np.median(errors))
+    return {k for k, rows in enumerate(videos.rows)
+            if len(rows) >= SUSPECT_FRAMES and spreads[k] <= SUSPECT_SPREAD * unit
+            and errors[k] >= max(SUSPECT_OFF * unit, SUSPECT_RATIO * typical)}
 
 
 def with_label_suspect(pred: Predictions, videos: Videos | None, unit: float) -> Predictions:
@@ -85,11 +97,9 @@ def with_label_suspect(pred: Predictions, videos: Videos | None, unit: float) ->
     if videos is None:
         return pred
     flags = [[f for f in row if f != "label_suspect"] for row in (pred.flags or [()] * len(pred))]
-    for rows in videos.rows:
-        index = np.asarray(rows)
-        if _suspect(len(rows), pred.prediction[index], pred.truth[index], unit):
-            for row in rows:
-                flags[row].append("label_suspect")
+    for k in suspect_videos(pred, videos, unit):
+        for row in videos.rows[k]:
+            flags[row].append("label_suspect")
     if pred.flags is None and not any(flags):
         return pred
     return pred.with_flags(flags)
