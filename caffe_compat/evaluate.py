@@ -29,6 +29,7 @@ import torch
 
 from caffe_compat.errors import CaffeCompatError
 from caffe_compat.net.registry import TEST
+from caffe_compat.proto import caffe_pb2
 from caffe_compat.progress import progress_bar
 from caffe_compat.report.images import RecordImages
 from caffe_compat.solver.caffe_log import CaffeLog, num
@@ -52,6 +53,7 @@ class SampleOutputs:
     blob: str
     images: RecordImages
     notes: list[str] = field(default_factory=list)
+    label_scale: float | None = None  # regression: ground truth = label × this, as the net's loss says
 
 
 @dataclass
@@ -160,6 +162,72 @@ class _ReportOutput:
     kind: str  # "prob" | "value"
     softmax_axis: int | None  # apply softmax along this axis first (scores -> probabilities)
     note: str
+    label_scale: float | None = None  # regression: the loss compares the output with label × this
+
+
+@dataclass(frozen=True)
+class RegressionLoss:
+    """A one-output prediction the net compares with its (scaled) label in a loss."""
+
+    prediction: str  # the predicted blob
+    loss: str  # the loss layer's name
+    label_scale: float  # the loss's target is label × this
+    how: str  # which layers scale the label, for the report's note
+
+
+#: Layers that pass a blob's values through unchanged (shape only).
+_RESHAPES = ("Reshape", "Flatten", "Split")
+
+
+def regression_loss(net) -> RegressionLoss | None:
+    """The regression the net's losses define, read from the layers themselves: a one-output
+    blob fed with the data layer's label into a ``EuclideanLoss``, or into an L1 loss written
+    with BVLC layers (``Eltwise`` SUM with coeff 1, −1 whose top reaches a layer with a
+    ``loss_weight`` through ``AbsVal`` / ``Power``). The label side may pass ``Power`` layers
+    (power 1, shift 0: the SCUT-FBP5500 recipes' ``label × 0.01``) and reshapes; their scales
+    multiply into ``label_scale``, so ``--label-scale`` is never needed for such a net."""
+    scale: dict[str, float] = {}  # blobs that hold label × factor
+    via: dict[str, list[str]] = {}
+    residual: dict[str, tuple[str, float, list[str]]] = {}  # blob -> (prediction, scale, via)
+    per_sample = {b: math.prod(shape[1:]) for b, shape in net.blob_shapes.items()}
+    for step in net.steps:
+        param = step.layer.param
+        found: tuple[str, float, list[str]] | None = None
+        if step.layer.is_source and step.type in ("Data", "ImageData") and len(step.tops) == 2:
+            scale[step.tops[1]], via[step.tops[1]] = 1.0, []
+            continue
+        bottoms = step.bottoms
+        if step.type in ("EuclideanLoss", "Eltwise") and len(bottoms) == 2:
+            coeffs = tuple(param.eltwise_param.coeff) if step.type == "Eltwise" else (1.0, -1.0)
+            difference = step.type == "EuclideanLoss" or (
+                param.eltwise_param.operation == caffe_pb2.EltwiseParameter.SUM and sorted(coeffs) == [-1.0, 1.0])
+            labelled = [b for b in bottoms if b in scale]
+            if difference and len(labelled) == 1:
+                other = bottoms[1 - bottoms.index(labelled[0])]
+                if per_sample.get(other) == 1:
+                    found = (other, scale[labelled[0]], via[labelled[0]])
+            if found is not None and step.type == "EuclideanLoss":
+                return RegressionLoss(found[0], step.name, found[1], ", ".join(found[2]))
+        elif step.type == "Power" and bottoms[0] in scale and param.power_param.power == 1 \
+                and param.power_param.shift == 0:
+            factor = float(str(np.float32(param.power_param.scale)))  # 0.01, not float32's 0.0099999998
+            scale[step.tops[0]] = scale[bottoms[0]] * factor
+            via[step.tops[0]] = [*via[bottoms[0]], f"Power layer '{step.name}'"]
+            continue
+        elif step.type in _RESHAPES and bottoms and bottoms[0] in scale:
+            for top in step.tops:
+                scale[top], via[top] = scale[bottoms[0]], via[bottoms[0]]
+            continue
+        elif step.type in ("AbsVal", "Power", "Reduction") and bottoms and bottoms[0] in residual:
+            found = residual[bottoms[0]]
+            if any(step.loss_weights):
+                return RegressionLoss(found[0], step.name, found[1], ", ".join(found[2]))
+        for top in step.tops:  # anything else overwrites its tops (in place included)
+            scale.pop(top, None)
+            residual.pop(top, None)
+        if found is not None:
+            residual[step.tops[0]] = found
+    return None
 
 
 def report_output(net, blob: str | None, model) -> _ReportOutput:
@@ -172,6 +240,9 @@ def report_output(net, blob: str | None, model) -> _ReportOutput:
                                    f"(blobs: {', '.join(net.blob_shapes)})")
         per_sample = math.prod(net.blob_shapes[blob][1:])
         if per_sample == 1:
+            found = regression_loss(net)
+            if found is not None and found.prediction == blob:
+                return _regression_output(found)
             return _ReportOutput(blob, "value", None, f"regression on '{blob}' (one value per sample)")
         if blob in softmax_of:
             return _ReportOutput(blob, "prob", None, f"class probabilities from '{blob}'")
@@ -184,12 +255,23 @@ def report_output(net, blob: str | None, model) -> _ReportOutput:
             axis = step.layer.param.softmax_param.axis
             return _ReportOutput(step.bottoms[0], "prob", axis,
                                  f"class probabilities: softmax of '{step.bottoms[0]}' (the input of loss '{step.name}')")
+    found = regression_loss(net)
+    if found is not None:
+        return _regression_output(found)
     for step in net.steps:
         if step.type == "EuclideanLoss" and math.prod(net.blob_shapes[step.bottoms[0]][1:]) == 1:
             return _ReportOutput(step.bottoms[0], "value", None,
                                  f"regression on '{step.bottoms[0]}' (the prediction of loss '{step.name}')")
-    raise CaffeCompatError(f"{model}: no Softmax, SoftmaxWithLoss or one-output EuclideanLoss to report on: "
-                           f"name the output with --output-blob (blobs: {', '.join(net.blob_shapes)})")
+    raise CaffeCompatError(f"{model}: no Softmax, SoftmaxWithLoss, one-output EuclideanLoss or L1 loss of a "
+                           f"one-output blob against the label to report on: name the output with --output-blob "
+                           f"(blobs: {', '.join(net.blob_shapes)})")
+
+
+def _regression_output(found: RegressionLoss) -> _ReportOutput:
+    scaled = f"; ground truth = label × {found.label_scale:g} ({found.how})" if found.how else ""
+    return _ReportOutput(found.prediction, "value", None,
+                         f"regression on '{found.prediction}' (the prediction of loss '{found.loss}'{scaled})",
+                         found.label_scale)
 
 
 def _report_source(net, model, labelled: bool):
@@ -233,7 +315,14 @@ class _Collector:
         index = np.array([r[0] for r in self.rows], np.int64)
         notes = [self.output.note + (", averaged with the mirrored image" if self.mirror else "")]
         return SampleOutputs(index, [self.images.key(int(i)) for i in index], np.array([r[1] for r in self.rows]),
-                             np.stack([r[2] for r in self.rows]), self.output.kind, self.output.blob, self.images, notes)
+                             float32_values(np.stack([r[2] for r in self.rows])), self.output.kind, self.output.blob, self.images, notes,
+                             self.output.label_scale)
+
+
+def float32_values(outputs: np.ndarray) -> np.ndarray:
+    """A float32 net's outputs as the float64 numbers they print as (2.85, not
+    2.8499999046325684), so predictions.csv and the report show what the net computed."""
+    return np.asarray(outputs, np.float32).astype(str).astype(np.float64)
 
 
 def run_test(model: str | os.PathLike[str], weights: str | os.PathLike[str], iterations: int | None = 50,
@@ -352,6 +441,7 @@ def score_onnx(onnx_path: str | os.PathLike[str], source: str | os.PathLike[str]
     preprocess = Preprocess(mean_file, tuple(float(v) for v in mean_value), scale, None, crop_size)
     outputs, labels, blob = run_records(session, images.dataset, preprocess, output, batch_size, mirror, progress,
                                         onnx_path)
+    outputs = float32_values(outputs)
     index = np.arange(len(images), dtype=np.int64)
     keys = [images.key(i) for i in range(len(images))]
     notes = []
@@ -399,10 +489,17 @@ def predictions_of(samples: SampleOutputs, options: ReportOptions):
     check_options(samples.kind, samples.blob, samples.outputs.shape[1], options)
     if samples.kind == "value":
         return from_regression(samples.outputs, samples.labels, samples.keys, samples.index,
-                               1.0 if options.label_scale is None else options.label_scale)
+                               label_scale_of(samples, options))
     num_classes = samples.outputs.shape[1]
     label_map = parse_labels(options.labels, num_classes) if options.labels is not None else default_labels(num_classes)
     return from_probabilities(samples.outputs, samples.labels, samples.keys, samples.index, label_map, options.decode)
+
+
+def label_scale_of(samples: SampleOutputs, options: ReportOptions) -> float:
+    """``--label-scale`` when given, else the scale the net's loss applies to the label, else 1."""
+    if options.label_scale is not None:
+        return options.label_scale
+    return 1.0 if samples.label_scale is None else samples.label_scale
 
 
 def add_flags(pred, images: RecordImages | None, options: ReportOptions) -> tuple[Any, list[str]]:
@@ -425,22 +522,31 @@ def add_flags(pred, images: RecordImages | None, options: ReportOptions) -> tupl
 
 def write_samples_report(samples: SampleOutputs, out_dir: str | os.PathLike[str], options: ReportOptions,
                          info: Sequence[tuple[str, str]], extra: dict | None = None,
-                         title: str = "caffe-compat test report") -> Path:
-    """Decode, flag and render the report of scored samples; returns the HTML page."""
+                         title: str = "caffe-compat test report", log: CaffeLog | None = None) -> Path:
+    """Decode, flag and render the report of scored samples; returns the HTML page. ``log``
+    gets the headline figures as glog lines (after Caffe's own ``caffe test`` lines)."""
     from caffe_compat.report import write_report
+    from caffe_compat.report.metrics import all_metrics
+    from caffe_compat.report.page import headline
 
     pred = predictions_of(samples, options)
     pred, notes = add_flags(pred, samples.images, options)
     info = [*info, ("samples", f"{len(pred)} (every record of the source once)"), ("output", samples.notes[0]),
             ("mode", pred.mode + (f", decode {pred.decode}" if pred.mode == "score" else ""))]
     if pred.mode == "regression":
-        info.append(("label scale", f"{1.0 if options.label_scale is None else options.label_scale:g}"))
-    return write_report(out_dir, pred, images=samples.images, info=info, notes=notes, extra=extra, title=title)
+        given = "--label-scale" if options.label_scale is not None else (
+            "from the net's loss" if samples.label_scale is not None else "default")
+        info.append(("label scale", f"{label_scale_of(samples, options):g} ({given})"))
+    page = write_report(out_dir, pred, images=samples.images, info=info, notes=notes, extra=extra, title=title)
+    if log is not None:
+        for line in headline(all_metrics(pred)):
+            log.info("evaluate.py:1", line)
+    return page
 
 
 def write_test_report(result: TestRun, out_dir: str | os.PathLike[str], model: str | os.PathLike[str],
                       weights: str | os.PathLike[str], options: ReportOptions = ReportOptions(),
-                      mirror: bool = False) -> Path:
+                      mirror: bool = False, log: CaffeLog | None = None) -> Path:
     """The report of a :func:`run_test` made with ``report=...``; returns the HTML page."""
     if result.samples is None:
         raise ValueError("run_test(report=ReportOptions(...)) collects the samples a report needs")
@@ -454,4 +560,4 @@ def write_test_report(result: TestRun, out_dir: str | os.PathLike[str], model: s
     }
     info = [("model", str(model)), ("weights", str(weights)), ("mirror (test-time augmentation)", "yes" if mirror else "no")]
     return write_samples_report(result.samples, out_dir, options, info, extra,
-                                title=f"caffe-compat test: {Path(weights).name}")
+                                title=f"caffe-compat test: {Path(weights).name}", log=log)

@@ -38,6 +38,16 @@ SCUT = dict(
                   mean_file="data/scut_mean.binaryproto"),
     solver=SCUT_SOLVER,
 )
+# The CPU walk-through of docs/scut-fbp5500.md: the same net at 112 px crops of the 128 px
+# images `prepare --size 128` writes, batch 16, 400 iterations (2 epochs of the 60/40 training
+# split), reading the prepared split where the prepare step leaves it (no `data` link to make).
+SCUT_CPU = dict(
+    data=DataSpec(train_source="data/scut/60-40/scut_train_lmdb", val_source="data/scut/60-40/scut_test_lmdb",
+                  mean_file="data/scut/60-40/scut_mean.binaryproto", crop_size=112, train_batch=16),
+    solver=dict(SCUT_SOLVER, max_iter=400, test_iter=0, snapshot=400, solver_mode="CPU"),
+    crop_size=112,
+    snapshot_prefix="snapshots/scut_cpu",
+)
 SCUT40 = dict(
     data=DataSpec(train_source="data/scut40_train_lmdb", val_source="data/scut40_test_lmdb",
                   mean_file="data/scut_mean.binaryproto"),
@@ -51,11 +61,12 @@ def files() -> dict[str, str]:
     for backbone in ("resnet50", "resnet50_1by2"):
         recipes += [(backbone, backbone, "score40", SCORE40), (f"scut_fbp5500/{backbone}", backbone, "scut", SCUT)]
     recipes.append(("scut_fbp5500/resnet50_1by2_40", "resnet50_1by2", "scut40", SCUT40))
+    recipes.append(("scut_fbp5500/resnet50_1by2_cpu", "resnet50_1by2", "scut", SCUT_CPU))
     out: dict[str, str] = {}
     for folder, backbone, task, recipe in recipes:
         out[f"{folder}/train_val.prototxt"] = train_val(backbone, task, recipe["data"])
-        out[f"{folder}/deploy.prototxt"] = deploy(backbone, task)
-        prefix = f"snapshots/{backbone}_{task}"
+        out[f"{folder}/deploy.prototxt"] = deploy(backbone, task, recipe.get("crop_size", 224))
+        prefix = recipe.get("snapshot_prefix", f"snapshots/{backbone}_{task}")
         out[f"{folder}/solver.prototxt"] = solver(SolverSpec(
             net=f"prototxt/{folder}/train_val.prototxt", snapshot_prefix=prefix, **recipe["solver"]))
     return out

@@ -123,8 +123,10 @@ def check_demo_report(folder):
 
     html = (folder / "report.html").read_text()
     pictures = assert_self_contained(html)
-    cards = re.findall(r'<div class=card data-row="\d+">(<img[^>]*>)?', html)
+    cards = re.findall(r'<div class=card data-row="\d+">(?:<div class=pic>)?(<img[^>]*>)?', html)
     assert cards and all(cards) and len(pictures) == len(cards) + html.count('id="chart-')
+    notes = json.loads((folder / "report.json").read_text())["notes"]
+    assert any(n.startswith("faces found with dlib") for n in notes)  # face flags on by default
     errors = {r["key"]: abs(float(r["prediction"]) - float(r["ground_truth"]))
               for r in csv.DictReader((folder / "predictions.csv").open())}
     galleries = json.loads((folder / "report.json").read_text())["galleries"]

@@ -117,5 +117,5 @@ def test_report_needs_prob_or_softmax_loss(in_test_fixture, tmp_path):
     run = CliRunner().invoke(main, ["test", "--model", str(model), "--weights", "weights.caffemodel",
                                     "--iterations", "1", "--report", str(tmp_path / "r")])
     assert run.exit_code == 1
-    assert "no Softmax, SoftmaxWithLoss or one-output EuclideanLoss" in run.output and "Traceback" not in run.output
+    assert "no Softmax, SoftmaxWithLoss, one-output EuclideanLoss" in run.output and "Traceback" not in run.output
     assert not (tmp_path / "r").exists()

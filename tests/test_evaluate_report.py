@@ -162,7 +162,7 @@ def test_galleries_show_the_smallest_and_largest_errors():
     assert galleries["best1"] == (5, 3)  # 0.6 and 1.1 round to 1
     assert galleries["worst"][:2] == (4, 6)  # 14 and 10 points off
     assert galleries["flag-blur"] == (1, 3) and galleries["flag-dark"] == (6,)
-    assert caption(pred, 4) == "gt 74 / pred 60.0"
+    assert caption(pred, 4) == "gt 74 / pred 60.0 (error -14.0)"
     weak = {g.id: g.rows for g in select_galleries(replace(pred, prediction=truth + np.arange(7) + 3.0))}
     assert weak["best0"] == weak["best1"] == () and weak["best"][0] == 0  # no error 0 or 1: the smallest anyway
 
@@ -176,7 +176,7 @@ def test_write_report_writes_the_four_files_self_contained(tmp_path, fixtures):
     html = page.read_text()
     assert_self_contained(html)
     assert "10.3386" in html and "give --source" in html  # no pictures without a source
-    assert "MAE 10.3386 on 12 samples" in (tmp_path / "rep" / "report.md").read_text()
+    assert "MAE 10.3386 score points on 12 samples" in (tmp_path / "rep" / "report.md").read_text()
 
 
 def assert_self_contained(html: str) -> list[bytes]:

@@ -115,7 +115,7 @@ def test_cli_report_html_is_self_contained_with_the_right_galleries(fx, tmp_path
     assert run.exit_code == 0, run.output
     html = (out / "report.html").read_text()
     pictures = assert_self_contained(html)
-    cards = re.findall(r'<div class=card data-row="(\d+)">(<img[^>]*>)?', html)
+    cards = re.findall(r'<div class=card data-row="(\d+)">(?:<div class=pic>)?(<img[^>]*>)?', html)
     assert cards and all(img for _, img in cards)  # every gallery card has its thumbnail
     charts = set(re.findall(r'id="chart-([a-z_]+)"', html))
     assert charts == {"histograms", "scatter", "errors", "within", "per_class", "confusion"}

@@ -75,7 +75,7 @@ def test_predict_matches_caffenet_with_mean_file(score_net, tmp_path: Path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 3
     score = expected_scores(want)[0]
-    assert f"expected score {score:.2f}" in lines[0] and "top-3" in lines[0]
+    assert f": score {score:.2f} (expected over 60..99); top-3 scores [" in lines[0]
 
 
 PLUGIN_LAYER = """

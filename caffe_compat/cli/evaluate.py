@@ -29,7 +29,7 @@ def report_options(func):
                           "both (metrics for each; the expectation leads)."),
         flag("face_model", type=click.Path(dir_okay=False),
                      help="Face detector for the face flags: a YuNet .onnx (cv2.FaceDetectorYN) or a Haar cascade "
-                          ".xml (default: OpenCV's cascades when the wheel ships them)."),
+                          ".xml (default: dlib's HOG detector from the dlib-bin wheel)."),
         click.option("--face-flags/--no-face-flags", "face_flags", default=None,
                      help="Quality flags (blur, light, faces) per sample (default: for score and regression nets)."),
     ]):
@@ -50,9 +50,11 @@ def report_options(func):
               help="Write the report (predictions.csv, report.json, report.md, report.html) into this folder: every "
                    "record of the TEST source scored once, whatever --iterations says.")
 @flag("output_blob", help="The blob the report reads (default: the Softmax output, else the softmax of the "
-                                  "SoftmaxWithLoss input, else a one-output EuclideanLoss prediction).")
+                                  "SoftmaxWithLoss input, else the one-output prediction a EuclideanLoss or an L1 "
+                                  "loss (Eltwise/AbsVal/Reduction) compares with the label).")
 @flag("label_scale", type=float, default=None,
-              help="Regression nets: ground truth = label × this (e.g. 0.01 for SCUT-FBP5500's ×100 labels).")
+              help="Regression nets: ground truth = label × this (default: the product of the Power layers "
+                   "between the label and the loss, e.g. 0.01 in the SCUT-FBP5500 recipes; else 1).")
 @flag("mirror", is_flag=True,
               help="Report: average each sample's output with that of its horizontal mirror (test-time augmentation).")
 @report_options
@@ -105,11 +107,12 @@ def test_command(model, weights, iterations, all_records, gpu, bf16, channels_la
                           stages=[s for s in stage.split(",") if s], level=level, report=options if report else None,
                           output_blob=output_blob, mirror=mirror, bf16=bf16, channels_last=channels_last,
                           progress=progress)
+        if report:
+            page = write_test_report(result, report, model=model, weights=weights, options=options, mirror=mirror,
+                                     log=log)
+            click.echo(f"report: {page}")
     finally:
         log.close()
-    if report:
-        page = write_test_report(result, report, model=model, weights=weights, options=options, mirror=mirror)
-        click.echo(f"report: {page}")
 
 
 def _test_onnx(onnx_path, source, report, options, *, model, weights, output, mirror, **kwargs):
@@ -119,12 +122,14 @@ def _test_onnx(onnx_path, source, report, options, *, model, weights, output, mi
         raise CaffeCompatError("--onnx scores an exported model: drop --model/--weights")
     if source is None or report is None:
         raise CaffeCompatError("--onnx needs --source LMDB (or a list file) and --report DIR")
+    from caffe_compat.solver.caffe_log import CaffeLog
+
     samples = score_onnx(onnx_path, source, output=output, mirror=mirror, progress=options.progress, **kwargs)
     info = [("ONNX model", str(onnx_path)), ("source", str(source)),
             ("mirror (test-time augmentation)", "yes" if mirror else "no")]
     return write_samples_report(samples, report, options, info, {"onnx": str(onnx_path), "source": str(source),
                                                                  "mirror": mirror},
-                                title=f"caffe-compat test: {onnx_path}")
+                                title=f"caffe-compat test: {onnx_path}", log=CaffeLog())
 
 
 @main.command("report")

@@ -122,9 +122,10 @@ def predict_command(onnx_path: str | None, engine: str, model: str | None, weigh
                     bf16: bool, do_compile: bool, mean_file: str | None, mean_value: str | None,
                     scale: float | None, resize: str | None, crop_size: int | None, providers: str | None, top_k: int,
                     output_blob: str | None, batch_size: int, progress: bool | None, images: tuple[str, ...]) -> None:
-    """Run a net on image files with Caffe's TEST preprocessing; print top-k per image (and the
-    expected score Σ p_k·(60+k) for 40-class score nets). A model exported with its transform
-    needs no preprocessing flags."""
+    """Run a net on image files with Caffe's TEST preprocessing; print per image its score
+    (one-output regression nets), the expected score Σ p_k·(60+k) and the top-k scores (40-class
+    score nets), or the top-k classes. A model exported with its transform needs no
+    preprocessing flags."""
     from caffe_compat.onnx.predict import format_predictions, predict
 
     session = None

@@ -244,16 +244,22 @@ def predict(onnx_path: str | os.PathLike[str] | None, images: Sequence[str | os.
 
 def format_predictions(images: Sequence[str | os.PathLike[str]], probs: np.ndarray, top_k: int = 5,
                        score_min: int = SCORE_MIN) -> list[str]:
-    """One line per image: the top-k classes with probabilities, and for 40-class score nets
-    the expected score Σ p_k·(score_min + k)."""
+    """One line per image. Regression nets (one output): ``score 2.8512``. 40-class score nets:
+    the expected score Σ p_k·(score_min + k) first, then the top-k classes as scores. Other
+    nets: the top-k classes with probabilities."""
+    if probs.shape[1] == 1:
+        return [f"{os.fspath(image)}: score {float(probs[i, 0]):.4f}" for i, image in enumerate(images)]
     k = min(top_k, probs.shape[1])
-    scores = expected_scores(probs, score_min) if probs.shape[1] == SCORE_CLASSES else None
+    score_net = probs.shape[1] == SCORE_CLASSES
+    scores = expected_scores(probs, score_min) if score_net else None
     lines = []
     for i, image in enumerate(images):
         order = np.argsort(-probs[i], kind="stable")[:k]
-        classes = ", ".join(f"{int(c)}: {probs[i, c]:.4f}" for c in order)
-        line = f"{os.fspath(image)}: top-{k} [{classes}]"
         if scores is not None:
-            line += f"; expected score {scores[i]:.2f}"
-        lines.append(line)
+            classes = ", ".join(f"{score_min + int(c)}: {probs[i, c]:.4f}" for c in order)
+            lines.append(f"{os.fspath(image)}: score {scores[i]:.2f} (expected over {score_min}..{score_min + SCORE_CLASSES - 1}); "
+                         f"top-{k} scores [{classes}]")
+        else:
+            classes = ", ".join(f"{int(c)}: {probs[i, c]:.4f}" for c in order)
+            lines.append(f"{os.fspath(image)}: top-{k} [{classes}]")
     return lines

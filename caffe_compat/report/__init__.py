@@ -7,7 +7,8 @@ best and worst cases, pictures taken from the test source). Everything is comput
 first, so bad input stops before anything is written, and each file is written atomically.
 
 Modules: ``predictions`` (decoding and the CSV), ``metrics``, ``faces`` (OpenCV quality
-flags), ``images`` (the source's pictures and keys), ``galleries``, ``plots``, ``page``.
+flags), ``images`` (the source's pictures and keys), ``videos`` (per-video results of frame
+data), ``galleries``, ``plots``, ``page``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def write_report(out_dir: str | os.PathLike[str], pred: Predictions, *, images=N
     ``images``: a :class:`~caffe_compat.report.images.RecordImages` of the source the rows
     index (for the gallery thumbnails), or None.
     """
-    from caffe_compat.report.galleries import select_galleries
+    from caffe_compat.report.galleries import GALLERY, Gallery, select_galleries
+    from caffe_compat.report.videos import group_videos, video_gallery_rows, video_metrics, with_label_suspect
     from caffe_compat.report.images import thumbnail_uri
     from caffe_compat.report.metrics import all_metrics, flag_table
     from caffe_compat.report.page import render_html, render_markdown
@@ -61,9 +63,18 @@ def write_report(out_dir: str | os.PathLike[str], pred: Predictions, *, images=N
     if images is not None:
         check_source_matches(pred, images)
     metrics = all_metrics(pred)
+    videos = group_videos(pred)
+    if videos is not None:
+        metrics["videos"] = video_metrics(pred, videos, metrics["unit"])
+        pred = with_label_suspect(pred, videos, metrics["unit"])
     flags = flag_table(pred)
     charts = classification_plots(pred, metrics) if pred.mode == "classification" else value_plots(pred, metrics)
     galleries = select_galleries(pred)
+    if videos is not None:
+        before_flags = next((i for i, g in enumerate(galleries) if g.id.startswith("flag-")), len(galleries))
+        galleries.insert(before_flags, Gallery("videos", "Worst videos (each video's typical frame: the one nearest "
+                                               "its mean prediction)",
+                                               video_gallery_rows(pred, videos, metrics["videos"], GALLERY)))
     thumbs: dict[int, str] = {}
 
     def thumbnail(row: int) -> str:

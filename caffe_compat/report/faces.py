@@ -10,9 +10,12 @@ saw it before cropping) gets:
   :data:`BRIGHT_MEAN`, or most pixels crushed to black / blown to white;
 - with a face detector only: ``no_face``, ``several_faces``, ``small_face`` (the face is less
   than :data:`SMALL_FACE` of the image's short side), ``cut_off`` (its box leaves the image),
-  ``profile`` (YuNet: the nose far off the eyes' midline; Haar: only the profile cascade fires).
+  ``profile`` (dlib: its left- or right-looking filter fires; YuNet: the nose far off the eyes'
+  midline; Haar: only the profile cascade fires), ``eyes_covered`` (sunglasses, a hand: the eye
+  band of a frontal face much darker than its cheeks, :func:`eyes_covered`).
 
-Detectors: OpenCV's Haar cascades when the installed wheel ships them
+Detectors: dlib's HOG detector by default (the ``dlib-bin`` wheel, a dependency: it holds its
+model, so nothing is downloaded); else OpenCV's Haar cascades when the installed wheel ships them
 (``cv2.data.haarcascades``: ``haarcascade_frontalface_default.xml`` and
 ``haarcascade_profileface.xml``), or a model file given with ``--face-model``: a YuNet ONNX
 model for ``cv2.FaceDetectorYN`` (OpenCV Zoo's ``face_detection_yunet_2023mar.onnx``) or a Haar
@@ -36,7 +39,12 @@ DARK_MEAN, BRIGHT_MEAN = 50.0, 205.0
 CRUSHED = 0.5  # share of pixels at <= 8 (dark) or >= 247 (overexposed)
 SMALL_FACE = 0.25
 PROFILE_OFFSET = 0.35  # |nose x - eyes' mid x| / eye distance
-FLAGS = ("no_face", "several_faces", "small_face", "cut_off", "profile", "blur", "dark", "overexposed")
+DLIB_SIDE = 320  # px: dlib's 80 px window finds faces down to a quarter of this short side
+EYES_DARKER = 0.5  # eyes_covered: pixels darker than this share of the cheeks' median grey
+EYES_DARK_SHARE = 0.55  # ... over this share of a strip a tenth of the face high
+EYE_BAND = (0.2, 0.55)  # rows of a frontal face box searched for that strip
+FLAGS = ("no_face", "several_faces", "small_face", "cut_off", "profile", "eyes_covered", "blur", "dark",
+         "overexposed")
 FRONTAL_CASCADE = "haarcascade_frontalface_default.xml"
 PROFILE_CASCADE = "haarcascade_profileface.xml"
 
@@ -80,6 +88,35 @@ class YuNetDetector:
             offset = abs(float(nose[0]) - (float(right_eye[0]) + float(left_eye[0])) / 2)
             faces.append(Face((x, y, fw, fh), profile=eyes < 1 or offset / eyes > PROFILE_OFFSET))
         return faces
+
+
+class DlibDetector:
+    """dlib's built-in HOG face detector (``dlib.get_frontal_face_detector``, shipped inside the
+    ``dlib-bin`` wheel: nothing to download). It is five HOG filters; a face found by the left-
+    or right-looking one is a profile. Its window is 80 px, so pictures are scaled to a short
+    side of :data:`DLIB_SIDE` (faces down to a quarter of it are found; smaller ones read as
+    ``no_face``, as they would be ``small_face`` anyway) and larger ones down to twice that."""
+
+    PROFILE_FILTERS = (1, 2)  # the sub-detectors looking left and right
+
+    def __init__(self) -> None:
+        import dlib
+
+        self.name = f"dlib {dlib.__version__} HOG (frontal, left, right)"
+        self.detector = dlib.get_frontal_face_detector()
+
+    def detect(self, bgr: np.ndarray) -> list[Face]:
+        import cv2
+
+        grey = _grey(bgr)
+        short = min(grey.shape)
+        scale = DLIB_SIDE / short if short < DLIB_SIDE else min(1.0, 2 * DLIB_SIDE / short)
+        if scale != 1:
+            size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
+            grey = cv2.resize(grey, size, interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
+        boxes, _, filters = self.detector.run(grey, 0, 0.0)
+        return [Face((b.left() / scale, b.top() / scale, b.width() / scale, b.height() / scale),
+                     profile=int(k) in self.PROFILE_FILTERS) for b, k in zip(boxes, filters)]
 
 
 class HaarDetector:
@@ -148,6 +185,12 @@ def open_detector(face_model: str | os.PathLike[str] | None) -> tuple[FaceDetect
         else:
             raise CaffeCompatError(f"--face-model {face_model}: expected a YuNet .onnx model or a Haar cascade .xml")
         return detector, f"faces found with {detector.name}"
+    try:
+        detector = DlibDetector()
+    except ImportError:
+        pass
+    else:
+        return detector, f"faces found with {detector.name}"
     cascades = default_cascades()
     if cascades is not None:
         detector = HaarDetector(*cascades)
@@ -156,8 +199,8 @@ def open_detector(face_model: str | os.PathLike[str] | None) -> tuple[FaceDetect
 
     accepted = "a YuNet .onnx (e.g. OpenCV Zoo's face_detection_yunet_2023mar.onnx)" + (
         " or a Haar cascade .xml" if hasattr(cv2, "CascadeClassifier") else "")
-    return None, (f"no face detector: this OpenCV wheel ({cv2.__version__}) ships no Haar cascades in "
-                  f"cv2.data.haarcascades, so no_face / several_faces / small_face / cut_off / profile are not "
+    return None, (f"no face detector: dlib is not installed (pip install dlib-bin) and this OpenCV wheel "
+                  f"({cv2.__version__}) ships no Haar cascades in cv2.data.haarcascades, so no_face / several_faces / small_face / cut_off / profile are not "
                   f"computed (blur, dark and overexposed are); give --face-model with {accepted}")
 
 
@@ -211,6 +254,28 @@ def face_flags(faces: Sequence[Face], height: int, width: int) -> list[str]:
     return flags
 
 
+def eyes_covered(bgr: np.ndarray, face: Face) -> bool:
+    """Sunglasses or a hand over the eyes, from region contrast (no landmark model is shipped):
+    somewhere in the band where a frontal box holds the eyes, a strip a tenth of the face high
+    is mostly much darker than the cheeks (open eyes and brows darken only a small part of
+    any such strip). The strip is searched because the box shifts when the eyes are hidden."""
+    if face.profile:
+        return False
+    grey = _grey(bgr).astype(np.float32)
+    x, y, w, h = face.box
+
+    def rows(top: float, bottom: float, left: float, right: float) -> np.ndarray:
+        return grey[max(0, int(y + top * h)):max(0, int(y + bottom * h)), max(0, int(x + left * w)):max(0, int(x + right * w))]
+
+    eyes, cheeks = rows(*EYE_BAND, 0.15, 0.85), rows(0.55, 0.75, 0.25, 0.75)
+    strip = max(1, int(0.1 * h))
+    if eyes.shape[0] < strip or eyes.size < 16 or cheeks.size < 16:
+        return False
+    dark_rows = (eyes < EYES_DARKER * float(np.median(cheeks))).mean(axis=1)
+    windows = np.convolve(dark_rows, np.ones(strip) / strip, mode="valid")
+    return float(windows.max()) > EYES_DARK_SHARE
+
+
 def quality_flags(images: Iterable[np.ndarray], detector: FaceDetector | None,
                   tick: Callable[[], None] = lambda: None) -> list[tuple[str, ...]]:
     """The flags of every image, in :data:`FLAGS` order."""
@@ -218,7 +283,10 @@ def quality_flags(images: Iterable[np.ndarray], detector: FaceDetector | None,
     for bgr in images:
         flags = set(image_flags(bgr))
         if detector is not None:
-            flags.update(face_flags(detector.detect(bgr), bgr.shape[0], bgr.shape[1]))
+            faces = detector.detect(bgr)
+            flags.update(face_flags(faces, bgr.shape[0], bgr.shape[1]))
+            if faces and eyes_covered(bgr, max(faces, key=lambda f: f.box[2] * f.box[3])):
+                flags.add("eyes_covered")
         out.append(tuple(f for f in FLAGS if f in flags))
         tick()
     return out

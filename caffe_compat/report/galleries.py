@@ -1,7 +1,8 @@
 """Which samples the report shows as pictures: the legacy report's good and bad cases.
 
 Score and regression nets: the best cases with error 0 and error 1 (|prediction − truth|
-rounded to whole units; smallest errors first; when there are none, the smallest errors
+rounded to whole units, titled in the label's own units: "under 0.05 label units", "0.5 to
+1.5 score points"; smallest errors first; when there are none, the smallest errors
 whatever they are), the worst cases (largest first), and the worst cases of each quality flag. Classification nets: the most confident right and wrong
 answers, and the wrong ones of each flag.
 """
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from caffe_compat.report.metrics import unit_of
+from caffe_compat.report.metrics import show_amount, unit_name, unit_of
 from caffe_compat.report.predictions import Predictions
 
 GALLERY = 16
@@ -40,13 +41,18 @@ def select_galleries(pred: Predictions, size: int = GALLERY, per_flag: int = PER
         flagged_rows = wrong_order
     else:
         size_of_error = np.abs(pred.errors)
-        whole = np.rint(size_of_error / unit_of(pred)).astype(np.int64)
+        unit, name = unit_of(pred), unit_name(pred.mode)
+        whole = np.rint(size_of_error / unit).astype(np.int64)
+        half, one_and_half = show_amount(unit / 2), show_amount(1.5 * unit)
         best = np.lexsort((np.arange(len(pred)), size_of_error))  # smallest error first, stable
         worst = np.lexsort((np.arange(len(pred)), -size_of_error))  # largest error first
-        out = [Gallery("best0", "Best: error 0", tuple(int(i) for i in best if whole[i] == 0)[:size]),
-               Gallery("best1", "Best: error 1", tuple(int(i) for i in best if whole[i] == 1)[:size])]
+        out = [Gallery("best0", f"Best: |error| under {half} {name}",
+                       tuple(int(i) for i in best if whole[i] == 0)[:size]),
+               Gallery("best1", f"Best: |error| {half} to {one_and_half} {name}",
+                       tuple(int(i) for i in best if whole[i] == 1)[:size])]
         if not out[0].rows and not out[1].rows:  # a weak net: still show its best cases
-            out.append(Gallery("best", "Best cases (none within 1.5 units)", tuple(int(i) for i in best[:size])))
+            out.append(Gallery("best", f"Best cases (none within {one_and_half} {name})",
+                               tuple(int(i) for i in best[:size])))
         out.append(Gallery("worst", "Worst cases", tuple(int(i) for i in worst[:size])))
         flagged_rows = [int(i) for i in worst]
     for flag in sorted({f for flags in pred.flags or () for f in flags}):
@@ -64,4 +70,4 @@ def caption(pred: Predictions, row: int) -> str:
     digits = 1 if pred.mode == "score" else 2
     truth = pred.truth[row]
     shown = f"{truth:.0f}" if float(truth).is_integer() else f"{truth:.{digits + 1}f}"
-    return f"gt {shown} / pred {pred.prediction[row]:.{digits}f}"
+    return f"gt {shown} / pred {pred.prediction[row]:.{digits}f} (error {pred.errors[row]:+.{digits}f})"

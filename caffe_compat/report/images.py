@@ -71,13 +71,14 @@ def to_picture(chw: np.ndarray) -> np.ndarray:
 
 
 def thumbnail_uri(bgr: np.ndarray, size: int = THUMBNAIL) -> str:
-    """A JPEG ``data:`` URI of the picture scaled to ``size`` px on its long side."""
+    """A JPEG ``data:`` URI of the picture shrunk to ``size`` px on its long side; a smaller
+    picture (a 64 px LMDB record) keeps its native size rather than being blown up."""
     import cv2
 
     h, w = bgr.shape[:2]
     scale = size / max(h, w)
-    out = cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))),
-                     interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
+    out = bgr if scale >= 1 else cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                             interpolation=cv2.INTER_AREA)
     ok, data = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, 85])
     if not ok:
         raise CaffeCompatError("cannot encode a thumbnail as JPEG")

@@ -30,6 +30,17 @@ def unit_of(pred: Predictions) -> float:
     return 10.0 ** math.floor(math.log10(span)) / 10 if span > 0 else 1.0
 
 
+def unit_name(mode: str) -> str:
+    """What the report's errors and thresholds are counted in: a score net's points, or the
+    regression ground truth's own units (label × label scale)."""
+    return "score points" if mode == "score" else "label units"
+
+
+def show_amount(value: float) -> str:
+    """A threshold in the label's units without float noise (0.30000000000000004 -> 0.3)."""
+    return f"{round(value, 10):g}"
+
+
 def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
     """Pearson's r; None when either side is constant (standard JSON has no NaN)."""
     if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
@@ -118,7 +129,7 @@ def all_metrics(pred: Predictions) -> dict:
     if pred.mode == "classification":
         return {"mode": "classification", **classification_metrics(pred)}
     unit = unit_of(pred)
-    out: dict = {"mode": pred.mode, "unit": unit, "decode": pred.decode,
+    out: dict = {"mode": pred.mode, "unit": unit, "unit_name": unit_name(pred.mode), "decode": pred.decode,
                  **value_metrics(pred.truth, pred.prediction, unit)}
     if pred.mode == "score":
         argmax_values = pred.argmax_values()

@@ -209,8 +209,8 @@ def from_regression(values: np.ndarray, labels: np.ndarray, keys: Sequence[str],
     _check_rows(len(values), labels, keys, index)
     if values.shape[1] != 1:
         raise CaffeCompatError(f"regression needs one output per sample, got {values.shape[1]}")
-    return Predictions("regression", tuple(keys), index, labels, labels * float(label_scale), values[:, 0],
-                       decode="value")
+    truth = np.array([float(f"{t:.12g}") for t in labels * float(label_scale)])  # 2.8, not 2.8000000000000003
+    return Predictions("regression", tuple(keys), index, labels, truth, values[:, 0], decode="value")
 
 
 # --------------------------------------------------------------------------- predictions.csv

@@ -34,6 +34,7 @@ from urllib.parse import urljoin, urlsplit
 from tqdm import tqdm
 
 from caffe_compat.errors import CaffeCompatError, where
+from caffe_compat.progress import bar_shown
 from caffe_compat.workflow.media import VIDEO_EXTENSIONS, is_safe_id, unique_video_ids
 from caffe_compat.workflow.tables import format_table, make_folder, read_csv, write_csv
 
@@ -90,7 +91,7 @@ class DownloadOptions:
     retries: int = 3
     backoff: float = 1.0
     timeout: float = 30.0  # per network read (and connect)
-    progress: bool = True
+    progress: bool | None = None  # None: a bar only when stderr is a terminal
     max_time: float = 1800.0  # per attempt, everything included
     # curl's --speed-limit/--speed-time: a body arriving slower than ``speed_limit`` bytes/s for
     # ``speed_time`` seconds (None: ``timeout``) is cut off and retried; a server trickling a byte
@@ -494,7 +495,7 @@ def download_videos(
                 continue
             first_of_id[row["video_id"]] = i
             futures[pool.submit(downloader.run, row["video_id"], row["url"])] = i
-        bar = tqdm(as_completed(futures), total=len(futures), desc="download", unit="video", disable=not options.progress)
+        bar = tqdm(as_completed(futures), total=len(futures), desc="download", unit="video", disable=not bar_shown(options.progress))
         try:
             for future in bar:
                 results[futures[future]] = future.result()

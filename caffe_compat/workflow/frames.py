@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.errors import CaffeCompatError
+from caffe_compat.progress import bar_shown
 from caffe_compat.workflow.download import MANIFEST_NAME as DOWNLOAD_MANIFEST
 from caffe_compat.workflow.media import VIDEO_EXTENSIONS, sanitize_id
 from caffe_compat.workflow.tables import format_table, make_folder, read_csv, write_csv
@@ -102,7 +103,7 @@ class FrameOptions:
     min_sharpness: float | None = None
     jpeg_quality: int = 95
     jobs: int = 1
-    progress: bool = True
+    progress: bool | None = None  # None: a bar only when stderr is a terminal
 
 
 @dataclass
@@ -224,7 +225,7 @@ def extract_frames(
     with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:  # OpenCV decodes without the GIL
         done = pool.map(lambda task: _sample_video(*task, out, options), tasks)
         for (path, record, _), frames in tqdm(zip(tasks, done), total=len(tasks), desc="frames", unit="video",
-                                              disable=not options.progress):
+                                              disable=not bar_shown(options.progress)):
             result.frames.extend(frames)
             if record.status != "ok":
                 result.messages.append(f"{path}: {record.status}")

@@ -23,10 +23,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.errors import CaffeCompatError
+from caffe_compat.progress import progress_bar
 
 SCORE_MIN, SCORE_MAX = 60, 99
 #: Column headers of the legacy sheet (the annotation step also accepts English ones).
@@ -178,7 +178,7 @@ def render_videos(folder: Path, videos: list[SyntheticVideo], frames: int, size:
     """Render every video that the server should have (deleted ones are left out)."""
     folder.mkdir(parents=True, exist_ok=True)
     todo = [v for v in videos if v.url_kind != "missing"]
-    for k, video in enumerate(tqdm(todo, desc="synthetic videos", unit="video", leave=False)):
+    for k, video in enumerate(progress_bar(todo, desc="synthetic videos", unit="video", leave=False)):
         render_video(folder / f"{video.video_id}.mp4", video, frames, size, seed * 100003 + k)
 
 
