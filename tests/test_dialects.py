@@ -187,3 +187,16 @@ def test_every_dialect_names_its_source():
         assert "@" in dialect.source or "README" in dialect.source, dialect.name
     assert dialects.knowing("LayerParameter", "norm_param") == ["ssd"]
     assert dialects.defining("Upsample") == ["segnet", "enet"]
+
+
+def test_forks_of_different_layer_types_share_one_file(tmp_path: Path):
+    """SegNet's Upsample (137) and PSPNet's Interp (143) in one net: both moves, no --dialect."""
+    net = caffe_pb2.NetParameter()
+    net.layer.add(name="up", type="Upsample").upsample_param.scale = 2
+    net.layer.add(name="zoom", type="Interp").interp_param.zoom_factor = 2
+    write_caffemodel(tmp_path / "both.caffemodel", net)
+    assert caffemodel_dialect(tmp_path / "both.caffemodel") == "segnet+pspnet"
+    segnet_psp = fork_net_class(SEGNET + PSPNET)()
+    segnet_psp.ParseFromString((tmp_path / "both.caffemodel").read_bytes())
+    assert segnet_psp.layer[0].upsample_param.scale == 2 and segnet_psp.layer[1].interp_param.zoom_factor == 2
+    assert read_caffemodel(tmp_path / "both.caffemodel") == net

@@ -127,8 +127,4 @@ def dialect_of_net(net: caffe_pb2.NetParameter, requested: str | None = None) ->
             needed.add("pspnet")
     if not needed:
         return dialects.get("bvlc")
-    if len(needed) == 1:
-        return dialects.get(needed.pop())
-    chosen = [dialects.get(name) for name in sorted(needed)]
-    return Dialect("+".join(d.name for d in chosen), "; ".join(d.source for d in chosen),
-                   moves=tuple(m for d in chosen for m in d.moves))
+    return dialects.combine([dialects.get(name) for name in sorted(needed)])

@@ -180,7 +180,17 @@ def choose(layer_types: set[str], field_numbers: dict[str, set[int]], requested:
                 break
     if not fitting:
         return DIALECTS["bvlc"]
-    if len(fitting) > 1:
-        names = ", ".join(d.name for d in fitting)
-        raise CaffeCompatError(f"the file fits dialects {names}; choose one with --dialect")
-    return fitting[0]
+    return combine(fitting)
+
+
+def combine(chosen: list[Dialect]) -> Dialect:
+    """One dialect with the moves of all of ``chosen`` (a file may hold SegNet's Upsample and
+    PSPNet's Interp); an error when two of them number the same layer type's field differently."""
+    if len(chosen) == 1:
+        return chosen[0]
+    for i, first in enumerate(chosen):
+        for second in chosen[i + 1 :]:
+            if {t for m in first.moves for t in m.layer_types} & {t for m in second.moves for t in m.layer_types}:
+                raise CaffeCompatError(f"the file fits dialects {first.name}, {second.name}; choose one with --dialect")
+    return Dialect("+".join(d.name for d in chosen), "; ".join(d.source for d in chosen),
+                   moves=tuple(m for d in chosen for m in d.moves))
