@@ -50,6 +50,8 @@ from caffe_compat.onnx.export import export_onnx  # noqa: E402
 from caffe_compat.proto import caffe_pb2, dialects  # noqa: E402
 
 TOL = 1e-4
+#: ``--out`` keeps its text up to this line and replaces what follows with the table.
+MARKER = "<!-- benchmarks/zoo.py writes below this line -->"
 #: Layer types of the forks (caffe_compat.proto.dialects), shown in the table's layers column.
 FORK_TYPES = {t for d in dialects.DIALECTS.values() for t in d.layer_types}
 
@@ -277,8 +279,11 @@ def main() -> None:
     text = table(rows, args, version)
     if args.out is None:
         print(text)
-    else:
-        atomic_write_bytes(args.out, text.encode("utf-8"))
+        return
+    kept = args.out.read_text() if args.out.is_file() else ""
+    if MARKER in kept:  # the prose above the marker is the docs' own
+        text = kept[: kept.index(MARKER) + len(MARKER)] + "\n\n" + text
+    atomic_write_bytes(args.out, text.encode("utf-8"))
 
 
 if __name__ == "__main__":
