@@ -200,3 +200,9 @@ def test_forks_of_different_layer_types_share_one_file(tmp_path: Path):
     segnet_psp.ParseFromString((tmp_path / "both.caffemodel").read_bytes())
     assert segnet_psp.layer[0].upsample_param.scale == 2 and segnet_psp.layer[1].interp_param.zoom_factor == 2
     assert read_caffemodel(tmp_path / "both.caffemodel") == net
+
+
+def test_opencvs_face_detector_field_is_named():
+    """OpenCV's res10 face detector sets DetectionOutputParameter.clip, an OpenCV-only field."""
+    assert dialects.knowing("DetectionOutputParameter", "clip") == ["opencv"]
+    assert dialects.knowing("DetectionOutputParameter", "keep_top_k") == ["ssd"]

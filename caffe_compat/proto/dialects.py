@@ -81,7 +81,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
     ),
     Dialect(
         "opencv", "opencv/opencv modules/dnn/src/caffe/opencv-caffe.proto @036f721",
-        {"PoolingParameter": frozenset({"ceil_mode"})},
+        # OpenCV's res10 SSD face detector (samples/dnn/face_detector/deploy.prototxt) sets
+        # detection_output_param { clip: 1 }, a field weiliu89's DetectionOutputParameter lacks.
+        {"PoolingParameter": frozenset({"ceil_mode"}), "DetectionOutputParameter": frozenset({"clip"})},
         frozenset(),
         (Move((_POOLING_PARAM,), 13, 1013, frozenset({"Pooling"})),),
     ),
