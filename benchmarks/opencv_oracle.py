@@ -40,7 +40,8 @@ try:
         np.save(os.path.join(folder, "out_%d.npy" % i), np.asarray(out))
     print(json.dumps({"outputs": names, "version": cv2.__version__}))
 except Exception as exc:
-    print(json.dumps({"error": (type(exc).__name__ + ": " + str(exc)).strip().splitlines()[-1][:300]}))
+    text = " ".join(str(exc).split())
+    print(json.dumps({"error": text[text.find("error: ") + 7:][:300] if "error: " in text else text[:300]}))
 '''
 
 

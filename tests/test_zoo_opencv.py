@@ -83,7 +83,7 @@ def test_opencv_oracle_reports_what_it_cannot_read(tmp_path: Path):
     """OpenCV's caffe.proto has no bn_param: a cell with OpenCV's reason, ours still checked."""
     row = zoo.one_net(FORKS / "segnet_bn.prototxt", "ours", tmp_path, _args(True))
     assert row.cells["ort1"].startswith("✓ ")
-    assert row.cells["opencv"].startswith("✗ OpenCV: ") and "ReadProtoFromTextFile" in row.cells["opencv"]
+    assert row.cells["opencv"].startswith("✗ OpenCV: ") and "ReadProtoFromTextFile" in row.cells["opencv"], row.cells
 
 
 @needs_opencv
