@@ -7,7 +7,6 @@ and TimoSaemann/caffe-enet @22d356c (the same layers, ENet numbers ``upsample_pa
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from caffe_compat.net.fillers import constant_filler, filled
 from caffe_compat.net.registry import Layer, Shape, register_layer
