@@ -198,14 +198,30 @@ def one_net(path: Path, repository: str, work: Path, args) -> Row:
         cells["fold"] = mark(rel(run_onnx(folded.model, feeds_1), want_1))
     except Exception as exc:
         cells["fold"] = short(exc)
+    batch_1 = work / f"{path.stem}.b1.prototxt"
+    batch_1.write_text(to_text(at_batch(param, 1)))
     if args.opencv:
-        cells["opencv"] = opencv_cell(param, weights, want_1, feeds_1, work / f"{path.stem}.b1.prototxt")
+        cells["opencv"] = opencv_cell(param, weights, want_1, feeds_1, batch_1)
+    if getattr(args, "caffe2onnx", None):
+        cells["caffe2onnx"] = caffe2onnx_cell(args.caffe2onnx, batch_1, weights, want_1, feeds_1, work)
     return row
 
 
+def caffe2onnx_cell(python: str, prototxt: Path, weights: Path, want, feeds, work: Path) -> str:
+    """caffe2onnx 2.0.1 (its own Python 3.7 venv, see bench_caffe2onnx.py) at batch 1, run by
+    onnxruntime and compared with our outputs the way bench_caffe2onnx.py does."""
+    import bench_caffe2onnx
+
+    out = work / f"{prototxt.stem}.caffe2onnx.onnx"
+    outcome = bench_caffe2onnx.convert(python, "caffe2onnx", prototxt, weights, out, work)
+    bench_caffe2onnx.evaluate(outcome, out, feeds, want)
+    text = outcome.status + (f": {outcome.detail}" if outcome.detail else "")
+    return ("✓ " if outcome.status == "matches" else "✗ ") + text.replace("|", "/")[:140]
+
+
 def opencv_cell(param, weights: Path, want: dict[str, np.ndarray], feeds, prototxt: Path) -> str:
-    """OpenCV at batch 1 against our outputs (its output layers matched by their first top)."""
-    prototxt.write_text(to_text(at_batch(param, 1)))
+    """OpenCV on the batch-1 ``prototxt`` against our outputs (its output layers matched by
+    their first tops)."""
     got, error = opencv_forward(prototxt, weights, feeds)
     if error:
         return "✗ OpenCV: " + error.replace("|", "/")[:140]
@@ -229,22 +245,23 @@ COLUMNS = [("inspect", "inspect"), ("build", "build"), ("export", "export (dynam
 
 
 def table(rows: list[Row], args, opencv_version: str | None) -> str:
+    columns = COLUMNS + ([("caffe2onnx", "caffe2onnx 2.0.1 b1")] if getattr(args, "caffe2onnx", None) else [])
     ok = sum(all(r.cells.get(k, "").startswith(("✓", "skipped")) for k, _ in COLUMNS[:6]) for r in rows)
     lines = [
         "## The zoo: real deploy nets with seeded random weights",
         "",
-        f"Command: `.venv/bin/python benchmarks/zoo.py {args.folder} --out {args.out}` (seed {args.seed}); "
+        f"Command: `.venv/bin/python benchmarks/zoo.py {' '.join(sys.argv[1:])}` (seed {args.seed}); "
         f"machine: 2-core shared dev box, no GPU; date: {datetime.date(2026, 12, 7).isoformat()}; "
         f"OpenCV: {opencv_version or 'not available'} (Debian python3-opencv, /usr/bin/python3).",
         "",
         f"{ok} of {len(rows)} nets inspect, build, export with a dynamic batch and with --fold-bn and match "
         f"onnxruntime (rel <= {TOL:g}: largest |difference| over the outputs / largest |value|).",
         "",
-        "| net | repository | layers | " + " | ".join(title for _, title in COLUMNS) + " | export s |",
-        "|" + "---|" * (len(COLUMNS) + 4),
+        "| net | repository | layers | " + " | ".join(title for _, title in columns) + " | export s |",
+        "|" + "---|" * (len(columns) + 4),
     ]
     for r in rows:
-        cells = [r.cells.get(key, "") for key, _ in COLUMNS]
+        cells = [r.cells.get(key, "") for key, _ in columns]
         lines.append(f"| {r.net} | {r.repository} | {r.layers} | " + " | ".join(cells) + f" | {r.seconds} |")
     return "\n".join(lines) + "\n"
 
@@ -257,6 +274,9 @@ def main() -> None:
     parser.add_argument("--big", type=float, default=100.0, help="skip batch 3 above this many million weights")
     parser.add_argument("--no-opencv", dest="opencv", action="store_false")
     parser.add_argument("--only", default="", help="run only nets whose file name contains this")
+    parser.add_argument("--caffe2onnx", metavar="PYTHON", default=None,
+                        help="the python of a caffe2onnx 2.0.1 venv (benchmarks/bench_caffe2onnx.py makes one): "
+                             "adds its column")
     args = parser.parse_args()
     version = opencv_available() if args.opencv else None
     args.opencv = bool(version)
