@@ -46,7 +46,7 @@ from caffe_compat.io.caffemodel import write_caffemodel  # noqa: E402
 from caffe_compat.io.prototxt import read_net, to_text  # noqa: E402
 from caffe_compat.net.builder import CaffeNet  # noqa: E402
 from caffe_compat.net.registry import TEST  # noqa: E402
-from caffe_compat.onnx.export import export_onnx  # noqa: E402
+from caffe_compat.onnx.export import export_onnx, net_to_onnx  # noqa: E402
 from caffe_compat.proto import caffe_pb2, dialects  # noqa: E402
 
 TOL = 1e-4
@@ -142,6 +142,13 @@ def ours_at(param: caffe_pb2.NetParameter, weights: Path, batch: int, names: lis
     return {k: v.float().numpy() for k, v in out.items()}, feeds
 
 
+def with_outputs(param: caffe_pb2.NetParameter, weights: Path, extra: list[str], fold_bn: bool):
+    """The dynamic-batch export of the net with ``extra`` blobs as graph outputs as well."""
+    net = CaffeNet(param, phase=TEST)
+    net.copy_from(weights)
+    return net_to_onnx(net, dynamic_batch=True, extra_outputs=extra, fold_bn=fold_bn)[0]
+
+
 def run_onnx(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
@@ -182,7 +189,12 @@ def one_net(path: Path, repository: str, work: Path, args) -> Row:
     except Exception as exc:
         cells["export"] = short(exc)
         return row
-    names = [o.name for o in result.model.graph.output]
+    # Random weights saturate a deep net's final Softmax (one-hot in every runtime): compare the
+    # logits under it too, exported as extra graph outputs of the same graph.
+    outputs = [o.name for o in result.model.graph.output]
+    logits = [s.bottoms[0] for s in net.steps if s.type == "Softmax" and s.tops[0] in outputs]
+    names = outputs + [b for b in logits if b not in outputs]
+    model = with_outputs(param, weights, logits, fold_bn=False) if logits else result.model
     want_1, feeds_1 = ours_at(param, weights, 1, names, args.seed)
     for batch in (1, 3):
         if batch == 3 and big:
@@ -190,12 +202,14 @@ def one_net(path: Path, repository: str, work: Path, args) -> Row:
             continue
         try:
             want, feeds = (want_1, feeds_1) if batch == 1 else ours_at(param, weights, batch, names, args.seed)
-            cells[f"ort{batch}"] = mark(rel(run_onnx(result.model, feeds), want))
+            cells[f"ort{batch}"] = mark(rel(run_onnx(model, feeds), want))
         except Exception as exc:
             cells[f"ort{batch}"] = short(exc)
     try:
-        folded = export_onnx(path, weights, work / f"{path.stem}.fold.onnx", batch="dynamic", fold_bn=True)
-        cells["fold"] = mark(rel(run_onnx(folded.model, feeds_1), want_1))
+        folded = export_onnx(path, weights, work / f"{path.stem}.fold.onnx", batch="dynamic", fold_bn=True).model
+        if logits:
+            folded = with_outputs(param, weights, logits, fold_bn=True)
+        cells["fold"] = mark(rel(run_onnx(folded, feeds_1), want_1))
     except Exception as exc:
         cells["fold"] = short(exc)
     batch_1 = work / f"{path.stem}.b1.prototxt"
@@ -203,7 +217,8 @@ def one_net(path: Path, repository: str, work: Path, args) -> Row:
     if args.opencv:
         cells["opencv"] = opencv_cell(param, weights, want_1, feeds_1, batch_1)
     if getattr(args, "caffe2onnx", None):
-        cells["caffe2onnx"] = caffe2onnx_cell(args.caffe2onnx, batch_1, weights, want_1, feeds_1, work)
+        net_outputs = {name: want_1[name] for name in outputs}  # caffe2onnx exposes no logits
+        cells["caffe2onnx"] = caffe2onnx_cell(args.caffe2onnx, batch_1, weights, net_outputs, feeds_1, work)
     return row
 
 
@@ -273,7 +288,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--big", type=float, default=100.0, help="skip batch 3 above this many million weights")
     parser.add_argument("--no-opencv", dest="opencv", action="store_false")
-    parser.add_argument("--only", default="", help="run only nets whose file name contains this")
+    parser.add_argument("--only", default="", help="run only nets whose file name contains one of these (comma-separated)")
     parser.add_argument("--caffe2onnx", metavar="PYTHON", default=None,
                         help="the python of a caffe2onnx 2.0.1 venv (benchmarks/bench_caffe2onnx.py makes one): "
                              "adds its column")
@@ -286,7 +301,7 @@ def main() -> None:
             commit = (repo_dir / "COMMIT").read_text().strip() if (repo_dir / "COMMIT").is_file() else ""
             repository = repo_dir.name.replace("+", "/", 1) + (f" @{commit}" if commit else "")
             for path in sorted(repo_dir.rglob("*.prototxt")):
-                if args.only and args.only not in path.name:
+                if args.only and not any(part in path.name for part in args.only.split(",")):
                     continue
                 start = time.perf_counter()
                 try:
