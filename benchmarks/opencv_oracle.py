@@ -26,6 +26,7 @@ import glob, json, os, sys
 import numpy as np
 import cv2
 prototxt, weights, folder = sys.argv[1:4]
+extra = [name for name in sys.argv[4:]]
 try:
     net = cv2.dnn.readNetFromCaffe(prototxt, weights)
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
@@ -35,6 +36,7 @@ try:
     for path in sorted(glob.glob(os.path.join(folder, "in_*.npy"))):
         net.setInput(np.load(path), os.path.basename(path)[3:-4])
     names = list(net.getUnconnectedOutLayersNames())
+    names += [name for name in extra if name not in names]
     outs = net.forward(names)
     for i, out in enumerate(outs):
         np.save(os.path.join(folder, "out_%d.npy" % i), np.asarray(out))
@@ -56,14 +58,16 @@ def available(python: str = PYTHON) -> str | None:
 
 
 def opencv_forward(prototxt: str | os.PathLike[str], caffemodel: str | os.PathLike[str],
-                   inputs: dict[str, np.ndarray], python: str = PYTHON,
-                   timeout: float = 900) -> tuple[dict[str, np.ndarray], str | None]:
-    """OpenCV's outputs (output layer name -> array) for ``inputs``, or ({}, its error line)."""
+                   inputs: dict[str, np.ndarray], python: str = PYTHON, timeout: float = 900,
+                   extra_layers: list[str] = ()) -> tuple[dict[str, np.ndarray], str | None]:
+    """OpenCV's outputs (layer name -> array: the net's output layers, then ``extra_layers``)
+    for ``inputs``, or ({}, its error line)."""
     with tempfile.TemporaryDirectory() as folder:
         for name, value in inputs.items():
             np.save(Path(folder) / f"in_{name}.npy", np.ascontiguousarray(value, np.float32))
         try:
-            done = subprocess.run([python, "-c", _RUNNER, os.fspath(prototxt), os.fspath(caffemodel), folder],
+            done = subprocess.run([python, "-c", _RUNNER, os.fspath(prototxt), os.fspath(caffemodel), folder,
+                                   *extra_layers],
                                   capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return {}, f"OpenCV did not finish in {timeout:.0f} s"
