@@ -320,14 +320,18 @@ def main() -> None:
                     row = Row(path.stem, repository, cells={"inspect": "✗ crashed (see log)"})
                 rows.append(row)
                 print(f"{path.stem}: {row.cells} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
-    text = table(rows, args, version)
+                if args.out is not None:  # after every net: a long run stopped early keeps its rows
+                    write(args.out, table(rows, args, version))
     if args.out is None:
-        print(text)
-        return
-    kept = args.out.read_text() if args.out.is_file() else ""
+        print(table(rows, args, version))
+
+
+def write(out: Path, text: str) -> None:
+    """``text`` into ``out``, after the prose above :data:`MARKER` when ``out`` has one."""
+    kept = out.read_text() if out.is_file() else ""
     if MARKER in kept:  # the prose above the marker is the docs' own
         text = kept[: kept.index(MARKER) + len(MARKER)] + "\n\n" + text
-    atomic_write_bytes(args.out, text.encode("utf-8"))
+    atomic_write_bytes(out, text.encode("utf-8"))
 
 
 if __name__ == "__main__":
