@@ -69,7 +69,13 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help", "-help"]})
 @click.version_option(package_name="caffe-compat")
-def main() -> None:
+@click.option("--dialect", metavar="NAME", default=None,
+              help="Read and write binary Caffe files with this fork's field numbers (bvlc, opencv, segnet, "
+                   "enet, pspnet, ...) where the file's layers cannot tell; see docs/zoo.md.")
+def main(dialect: str | None) -> None:
     """Caffe's tools on PyTorch: read/write every Caffe file, build LMDBs, train, test, export."""
     log_library_to_stderr(click.get_current_context().info_name or "caffe-compat")
+    from caffe_compat.proto import dialects
+
+    dialects.select(dialect)
 

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 
 from caffe_compat.atomic import atomic_write
 from caffe_compat.errors import CaffeCompatError
+from caffe_compat.io import forks
 from caffe_compat.io.binary import parse_binary, strip_binary
 from caffe_compat.io.blob import (
     blob_header,
@@ -38,6 +39,7 @@ from caffe_compat.io.wire import (
     BLOB_DATA,
     BLOB_DOUBLE_DATA,
     LENGTH_DELIMITED,
+    WireError,
     encode_key,
     encode_varint,
     iter_fields,
@@ -98,6 +100,7 @@ def load_caffemodel(path: str | os.PathLike[str], upgrade: bool = True) -> tuple
         try:
             with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as buf:
                 skeleton, payloads = strip_binary(buf, caffe_pb2.NetParameter, _NET_BLOBS, path, _KIND)
+                skeleton = forks.net_to_ours(skeleton, _dialect(skeleton, path))
                 try:
                     net = caffe_pb2.NetParameter.FromString(skeleton)
                 except DecodeError:
@@ -116,6 +119,27 @@ def load_caffemodel(path: str | os.PathLike[str], upgrade: bool = True) -> tuple
         finally:
             map_ended(path)
     return net, weights
+
+
+def _dialect(raw: bytes | memoryview, path: str):
+    """The file's dialect (caffe_compat.proto.dialects): --dialect, else told by its layers."""
+    try:
+        return forks.choose(raw)
+    except CaffeCompatError as exc:
+        raise CaffeCompatError(f"{path}: {exc}") from None
+    except WireError:
+        return forks.dialects.get("bvlc")  # the parse that follows names the broken byte
+
+
+def caffemodel_dialect(path: str | os.PathLike[str]) -> str:
+    """The name of the dialect a .caffemodel is read in (and is written back in as a template)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            with memoryview(mapped) as view:
+                return _dialect(view, path).name
+    except (OSError, ValueError) as exc:
+        raise CaffeCompatError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _layers_with_blobs(net: caffe_pb2.NetParameter) -> list:
@@ -141,7 +165,7 @@ def read_caffemodel_raw(path: str | os.PathLike[str]) -> caffe_pb2.NetParameter:
     except OSError as exc:
         raise _open_error(path, exc) from None
     try:
-        return parse_binary(raw, caffe_pb2.NetParameter, path, _KIND)
+        return parse_binary(forks.net_to_ours(raw, _dialect(raw, path)), caffe_pb2.NetParameter, path, _KIND)
     except DecodeError:
         raise _locate_decode_error(memoryview(raw), path) from None
 
@@ -182,8 +206,10 @@ def _blob_parts(template: caffe_pb2.BlobProto | None, array: np.ndarray) -> list
     return [before, encode_key(field_number, LENGTH_DELIMITED) + encode_varint(len(values)), values, after]
 
 
-def _layer_parts(layer: caffe_pb2.LayerParameter, arrays: Sequence[np.ndarray]) -> list[bytes | memoryview]:
-    """Wire pieces of ``layer`` with its blobs replaced by ``arrays`` (values not copied)."""
+def _layer_parts(layer: caffe_pb2.LayerParameter, arrays: Sequence[np.ndarray],
+                 dialect: forks.Dialect) -> list[bytes | memoryview]:
+    """Wire pieces of ``layer`` with its blobs replaced by ``arrays`` (values not copied),
+    fork fields at ``dialect``'s numbers."""
     bare = caffe_pb2.LayerParameter()
     bare.CopyFrom(layer)
     del bare.blobs[:]
@@ -193,25 +219,31 @@ def _layer_parts(layer: caffe_pb2.LayerParameter, arrays: Sequence[np.ndarray]) 
         blob = _blob_parts(layer.blobs[i] if i < len(layer.blobs) else None, array)
         parts.append(encode_key(_BLOBS, LENGTH_DELIMITED) + encode_varint(sum(len(p) for p in blob)))
         parts += blob
-    parts.append(after)
+    parts.append(forks.layer_to_fork(after, layer.type, dialect))
     return parts
 
 
 def write_caffemodel(
-    path: str | os.PathLike[str], net: caffe_pb2.NetParameter, weights: Mapping[str, Sequence[np.ndarray]] | None = None
+    path: str | os.PathLike[str], net: caffe_pb2.NetParameter, weights: Mapping[str, Sequence[np.ndarray]] | None = None,
+    dialect: str | None = None,
 ) -> None:
     """Write ``net`` as a .caffemodel, its blobs replaced by ``weights`` where given.
 
     Without ``weights`` the file is exactly ``net.SerializeToString()``. With them, the bytes
     are those of serialising the merged NetParameter, but written piece by piece with each
     array's memory as the payload: writing a 528 MB model needs no second copy of it.
-    Float64 arrays are stored as ``double_data``; cast to float32 for the usual file.
+    Float64 arrays are stored as ``double_data``; cast to float32 for the usual file. Fork
+    fields go to ``dialect``'s numbers (default: the fork their fields need; see
+    :func:`caffe_compat.io.forks.dialect_of_net`).
     """
     path = os.fspath(path)
+    fork = forks.dialect_of_net(net, dialect)
     if weights is None:
-        with atomic_write(path) as handle:
-            handle.write(net.SerializeToString())
-        return
+        if not fork.moves or len(net.layers):
+            with atomic_write(path) as handle:
+                handle.write(net.SerializeToString())
+            return
+        weights = {}
     names = {layer.name for layer in net.layer}
     unknown = [name for name in weights if name not in names]
     if unknown:
@@ -227,9 +259,9 @@ def write_caffemodel(
         handle.write(before)
         for layer in net.layer:
             if layer.name in weights:
-                parts = _layer_parts(layer, weights[layer.name])
+                parts = _layer_parts(layer, weights[layer.name], fork)
             else:
-                parts = [layer.SerializeToString()]
+                parts = [forks.layer_to_fork(layer.SerializeToString(), layer.type, fork)]
             handle.write(layer_key + encode_varint(sum(len(p) for p in parts)))
             for part in parts:
                 handle.write(part)

@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from caffe_compat.atomic import atomic_write_bytes
 from caffe_compat.errors import CaffeCompatError, where
 from caffe_compat.io.upgrade import upgrade_net_on_read, upgrade_snapshot_prefix, upgrade_solver_as_needed
-from caffe_compat.proto import caffe_pb2
+from caffe_compat.proto import caffe_pb2, dialects
 
 M = TypeVar("M", bound=Message)
 
@@ -44,7 +44,22 @@ def parse_text(text: str | bytes, message: M, source: str | os.PathLike[str] = "
     except text_format.ParseError as exc:
         line, column = exc.GetLine(), exc.GetColumn()
         problem = _POSITION_PREFIX.sub("", str(exc))
-        raise CaffeCompatError(f"{where(source, line, column)}: {problem}") from None
+        raise CaffeCompatError(f"{where(source, line, column)}: {problem}{_dialect_hint(problem)}") from None
+
+
+_NO_FIELD = re.compile(r'Message type "caffe\.(\w+)" has no field named "(\w+)"')
+
+
+def _dialect_hint(problem: str) -> str:
+    """For an unknown field: the forks (caffe_compat.proto.dialects) whose caffe.proto has it."""
+    found = _NO_FIELD.search(problem)
+    if found is None:
+        return ""
+    names = dialects.knowing(found.group(1), found.group(2))
+    if not names:
+        return " (no known Caffe fork has it either)"
+    sources = "; ".join(f"{name}: {dialects.get(name).source}" for name in names)
+    return f" It is known to dialect {', '.join(names)} ({sources}); caffe_compat does not read it yet."
 
 
 def _read_text(path: str | os.PathLike[str]) -> bytes:

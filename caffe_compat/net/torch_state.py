@@ -281,7 +281,7 @@ def import_torch(model: str | os.PathLike[str], state_path: str | os.PathLike[st
     writes); with it, the template caffemodel's own layout with the blobs replaced, so a
     caffemodel -> safetensors -> caffemodel round trip gives the same bytes.
     """
-    from caffe_compat.io.caffemodel import load_caffemodel, write_caffemodel
+    from caffe_compat.io.caffemodel import caffemodel_dialect, load_caffemodel, write_caffemodel
 
     source = os.fspath(state_path)
     state = read_state(state_path)
@@ -303,6 +303,6 @@ def import_torch(model: str | os.PathLike[str], state_path: str | os.PathLike[st
                 if step.name not in blobs:
                     raise CaffeCompatError(f"{where(template)}: has no layer '{step.name}' to hold its blobs")
                 blobs[step.name] = [b.detach().cpu().float().numpy() for b in step.layer.blobs]
-        write_caffemodel(output, skeleton, blobs)
+        write_caffemodel(output, skeleton, blobs, dialect=caffemodel_dialect(template))
     summary = f"wrote {output}: {sum(len(s.layer.blobs) for s in net.steps) - len(kept)} blobs from {source}"
     return summary + (f"; kept filler values: {', '.join(kept)}" if kept else "")

@@ -157,7 +157,7 @@ def _torch_pool_out(size: int, kernel: int, pad: int, stride: int, ceil: bool) -
 class Pooling(Layer):
     """MAX / AVE / STOCHASTIC pooling with Caffe's geometry.
 
-    Output size: ceil (default ``round_mode``) or floor of (in + 2p - k) / s, plus 1; with any
+    Output size: ceil (default ``round_mode``; the forks' ``ceil_mode``) or floor of (in + 2p - k) / s, plus 1; with any
     padding, a last window starting at or past in + p is dropped. AVE divides by the window
     clipped to [-p, in + p) (padding counts, the overhang past it does not). MAX may have a
     second top: the argmax as h * W + w in the unpadded plane (float, like Caffe).
@@ -196,7 +196,10 @@ class Pooling(Layer):
             raise self.fail(f"pad {self.pad} must be smaller than the kernel {kernel}")
         if any(self.pad) and self.method == caffe_pb2.PoolingParameter.STOCHASTIC:
             raise self.fail("padding is implemented only for AVE and MAX pooling")
-        self.ceil = p.round_mode == caffe_pb2.PoolingParameter.CEIL
+        if p.HasField("ceil_mode") and p.HasField("round_mode"):
+            raise self.fail("give round_mode (BVLC) or ceil_mode (OpenCV and other forks), not both")
+        # OpenCV's and the forks' `ceil_mode: false` is BVLC's `round_mode: FLOOR`.
+        self.ceil = p.ceil_mode if p.HasField("ceil_mode") else p.round_mode == caffe_pb2.PoolingParameter.CEIL
         self.with_mask = len(param.top) > 1
         if self.with_mask and self.method != caffe_pb2.PoolingParameter.MAX:
             raise self.fail("only MAX pooling has a second (mask) top")

@@ -1,0 +1,208 @@
+"""Dialects: forks' fields read from prototxt and from binary files in the fork's own numbering.
+
+A "fork-written" caffemodel is made here with the fork's schema (caffe.proto's descriptor with
+the fork's numbers put back), independently of caffe_compat's wire rewriting; it must be read
+with the right meaning and round-trip (read, export-torch, import-torch --template, write) to
+the same bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from caffe_compat.cli import main
+from caffe_compat.errors import CaffeCompatError
+from caffe_compat.io.caffemodel import caffemodel_dialect, read_caffemodel, write_caffemodel
+from caffe_compat.io.prototxt import parse_net_text
+from caffe_compat.net.builder import CaffeNet
+from caffe_compat.net.registry import TEST
+from caffe_compat.net.torch_state import export_torch, import_torch
+from caffe_compat.proto import caffe_pb2, dialects
+
+# (message, caffe_compat's field name, the fork's number); field 13 of PoolingParameter is
+# round_mode for BVLC, ceil_mode for OpenCV: the fork schema drops round_mode.
+ENET_OPENCV = [("LayerParameter", "upsample_param", 147), ("PoolingParameter", "ceil_mode", 13)]
+SEGNET = [("LayerParameter", "upsample_param", 137)]
+PSPNET = [("LayerParameter", "interp_param", 143)]
+
+
+def fork_net_class(moves):
+    """NetParameter of a fork: caffe.proto with the given fields renumbered (colliders dropped)."""
+    proto = descriptor_pb2.FileDescriptorProto()
+    caffe_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name = "fork_caffe.proto"
+    for message_name, field_name, number in moves:
+        message = next(m for m in proto.message_type if m.name == message_name)
+        keep = [f for f in message.field if f.number != number or f.name == field_name]
+        del message.field[:]
+        message.field.extend(keep)
+        next(f for f in message.field if f.name == field_name).number = number
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("caffe.NetParameter"))
+
+
+DEPLOY = """
+name: "seg"
+input: "data"
+input_shape { dim: 1 dim: 4 dim: 6 dim: 6 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "bn" type: "BN" bottom: "conv" top: "bn" bn_param { bn_mode: INFERENCE
+  scale_filler { type: "constant" value: 2 } shift_filler { type: "constant" value: 0.5 } } }
+layer { name: "pool" type: "Pooling" bottom: "bn" top: "pool" top: "mask"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 ceil_mode: false } }
+layer { name: "up" type: "Upsample" bottom: "pool" bottom: "mask" top: "up" upsample_param { scale: 2 } }
+"""
+
+
+def _fork_caffemodel(path: Path, fork_class) -> bytes:
+    """A caffemodel as the fork's Caffe writes it: the deploy net's layers with filled blobs."""
+    net = CaffeNet(parse_net_text(DEPLOY), phase=TEST)
+    ours = net.to_net_parameter()
+    fork = fork_class()
+    for layer in ours.layer:
+        fork_layer = fork.layer.add()
+        fork_layer.name, fork_layer.type = layer.name, layer.type
+        fork_layer.bottom.extend(layer.bottom)
+        fork_layer.top.extend(layer.top)
+        for blob in layer.blobs:
+            fork_layer.blobs.add().ParseFromString(blob.SerializeToString())
+        if layer.type == "BN":
+            fork_layer.bn_param.ParseFromString(layer.bn_param.SerializeToString())
+        if layer.type == "Convolution":
+            fork_layer.convolution_param.ParseFromString(layer.convolution_param.SerializeToString())
+        if layer.type == "Pooling":
+            fork_layer.pooling_param.pool = layer.pooling_param.pool
+            fork_layer.pooling_param.kernel_size = 2
+            fork_layer.pooling_param.stride = 2
+            fork_layer.pooling_param.ceil_mode = False
+        if layer.type == "Upsample":
+            fork_layer.upsample_param.scale = 2
+    raw = fork.SerializeToString()
+    path.write_bytes(raw)
+    return raw
+
+
+@pytest.mark.parametrize("moves, name", [(ENET_OPENCV, "enet"), (SEGNET, "segnet")])
+def test_fork_caffemodel_round_trips_byte_identically(tmp_path: Path, moves, name: str):
+    """The Upsample layer's number tells the fork; a Pooling field 13 keeps its wire value
+    whichever meaning it is read with, so the bytes come back without --dialect."""
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text(DEPLOY)
+    raw = _fork_caffemodel(tmp_path / "fork.caffemodel", fork_net_class(moves))
+    assert caffemodel_dialect(tmp_path / "fork.caffemodel") == name
+    up = next(layer for layer in read_caffemodel(tmp_path / "fork.caffemodel").layer if layer.type == "Upsample")
+    assert up.HasField("upsample_param") and up.upsample_param.scale == 2
+    export_torch(prototxt, tmp_path / "fork.caffemodel", tmp_path / "w.safetensors")
+    import_torch(prototxt, tmp_path / "w.safetensors", tmp_path / "back.caffemodel",
+                 template=tmp_path / "fork.caffemodel")
+    assert (tmp_path / "back.caffemodel").read_bytes() == raw
+
+
+def test_ceil_mode_in_binary_is_told_by_dialect(tmp_path: Path):
+    """Wire value 0 at PoolingParameter 13: BVLC's round_mode CEIL, OpenCV's ceil_mode false."""
+    fork_class = fork_net_class([("PoolingParameter", "ceil_mode", 13)])
+    fork = fork_class()
+    layer = fork.layer.add(name="pool", type="Pooling")
+    layer.pooling_param.ceil_mode = False
+    path = tmp_path / "p.caffemodel"
+    path.write_bytes(fork.SerializeToString())
+    as_bvlc = read_caffemodel(path).layer[0].pooling_param
+    assert as_bvlc.HasField("round_mode") and as_bvlc.round_mode == caffe_pb2.PoolingParameter.CEIL
+    dialects.select("opencv")
+    try:
+        as_opencv = read_caffemodel(path).layer[0].pooling_param
+        write_caffemodel(tmp_path / "back.caffemodel", read_caffemodel(path))
+    finally:
+        dialects.select(None)
+    assert as_opencv.HasField("ceil_mode") and not as_opencv.ceil_mode and not as_opencv.HasField("round_mode")
+    assert (tmp_path / "back.caffemodel").read_bytes() == path.read_bytes()
+
+
+def test_interp_number_is_told_by_layer_type(tmp_path: Path):
+    """143 is BVLC's input_param in an Input layer and PSPNet's interp_param in an Interp layer."""
+    fork = fork_net_class(PSPNET)()
+    fork.layer.add(name="data", type="Input")
+    fork.layer.add(name="zoom", type="Interp").interp_param.zoom_factor = 8
+    path = tmp_path / "psp.caffemodel"
+    path.write_bytes(fork.SerializeToString())
+    assert caffemodel_dialect(path) == "pspnet"
+    net = read_caffemodel(path)
+    assert net.layer[1].interp_param.zoom_factor == 8
+    write_caffemodel(tmp_path / "back.caffemodel", net)  # interp_param -> 143 again
+    assert (tmp_path / "back.caffemodel").read_bytes() == path.read_bytes()
+
+
+def test_two_forks_in_one_file_need_dialect(tmp_path: Path):
+    fork = fork_net_class([("LayerParameter", "upsample_param", 147)])()
+    fork.layer.add(name="a", type="Upsample").upsample_param.scale = 2
+    raw = fork.SerializeToString()
+    segnet = fork_net_class(SEGNET)()
+    segnet.layer.add(name="b", type="Upsample").upsample_param.scale = 2
+    path = tmp_path / "mixed.caffemodel"
+    path.write_bytes(raw + segnet.SerializeToString())
+    with pytest.raises(CaffeCompatError, match=r"mixed\.caffemodel: the file fits dialects segnet, enet; "
+                                              r"choose one with --dialect"):
+        read_caffemodel(path)
+
+
+def test_prototxt_names_tell_round_mode_from_ceil_mode():
+    text = 'layer { name: "p" type: "Pooling" pooling_param { round_mode: FLOOR ceil_mode: true } }'
+    net = parse_net_text(text)
+    assert net.layer[0].pooling_param.ceil_mode and net.layer[0].pooling_param.round_mode == 1
+    both = 'input: "d" input_shape { dim: 1 dim: 1 dim: 4 dim: 4 }\n' + text.replace('name: "p"', 'name: "p" bottom: "d" top: "p"').replace(
+        "pooling_param {", "pooling_param { kernel_size: 2")
+    with pytest.raises(CaffeCompatError, match="give round_mode .BVLC. or ceil_mode"):
+        CaffeNet(parse_net_text(both), phase=TEST)
+
+
+def test_unknown_field_names_file_line_column_and_dialects(tmp_path: Path):
+    path = tmp_path / "psp.prototxt"
+    path.write_text('name: "x"\nlayer {\n  name: "bn" type: "BN"\n  bn_param { slope_filler { type: "constant" } }\n}\n')
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line]
+    assert len(lines) == 1
+    assert lines[0].startswith(f"caffe-compat: error: {path}:4:14: ")
+    assert '"slope_filler"' in lines[0] and "known to dialect pspnet (pspnet: hszhao/PSPNet @798bdc9)" in lines[0]
+    path.write_text('layer {\n  name: "p" type: "Pooling"\n  pooling_param { ceil_modes: true }\n}\n')
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert f"{path}:3:19: " in result.output and "no known Caffe fork has it either" in result.output
+
+
+def test_dialect_option_rejects_unknown_names(tmp_path: Path):
+    result = CliRunner().invoke(main, ["--dialect", "nope", "inspect", str(tmp_path / "x.prototxt")])
+    assert result.exit_code != 0
+    assert "unknown dialect 'nope'; known: bvlc," in result.output
+    dialects.select(None)
+
+
+def test_every_dialect_names_its_source():
+    for dialect in dialects.DIALECTS.values():
+        assert "@" in dialect.source or "README" in dialect.source, dialect.name
+    assert dialects.knowing("LayerParameter", "norm_param") == ["ssd"]
+    assert dialects.defining("Upsample") == ["segnet", "enet"]
+
+
+def test_forks_of_different_layer_types_share_one_file(tmp_path: Path):
+    """SegNet's Upsample (137) and PSPNet's Interp (143) in one net: both moves, no --dialect."""
+    net = caffe_pb2.NetParameter()
+    net.layer.add(name="up", type="Upsample").upsample_param.scale = 2
+    net.layer.add(name="zoom", type="Interp").interp_param.zoom_factor = 2
+    write_caffemodel(tmp_path / "both.caffemodel", net)
+    assert caffemodel_dialect(tmp_path / "both.caffemodel") == "segnet+pspnet"
+    segnet_psp = fork_net_class(SEGNET + PSPNET)()
+    segnet_psp.ParseFromString((tmp_path / "both.caffemodel").read_bytes())
+    assert segnet_psp.layer[0].upsample_param.scale == 2 and segnet_psp.layer[1].interp_param.zoom_factor == 2
+    assert read_caffemodel(tmp_path / "both.caffemodel") == net
+
+
+def test_opencvs_face_detector_field_is_named():
+    """OpenCV's res10 face detector sets DetectionOutputParameter.clip, an OpenCV-only field."""
+    assert dialects.knowing("DetectionOutputParameter", "clip") == ["opencv"]
+    assert dialects.knowing("DetectionOutputParameter", "keep_top_k") == ["ssd"]
