@@ -51,9 +51,9 @@ def test_zoo_row_of_a_fork_net_passes_every_column(tmp_path: Path):
 def test_zoo_reports_a_failing_net_in_its_row(tmp_path: Path):
     bad = tmp_path / "bad.prototxt"
     bad.write_text('input: "data"\ninput_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
-                   'layer { name: "n" type: "Normalize" bottom: "data" top: "n" norm_param { eps: 1 } }\n')
+                   'layer { name: "n" type: "Normalize" bottom: "data" top: "n" nosuch_param { eps: 1 } }\n')
     row = zoo.one_net(bad, "ours", tmp_path, _args(False))
-    assert row.cells["inspect"].startswith("✗ ") and "norm_param" in row.cells["inspect"]
+    assert row.cells["inspect"].startswith("✗ ") and "nosuch_param" in row.cells["inspect"]
     assert "build" not in row.cells
 
 
