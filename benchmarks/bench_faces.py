@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from caffe_compat.report.faces import face_flags, open_detector, quality_flags
+from caffe_compat.report.faces import open_detector, quality_flags
 
 
 def non_faces(count: int, side: int = 256, seed: int = 7) -> list[np.ndarray]:
