@@ -58,6 +58,16 @@ def _reference(net: caffe.Net, x: np.ndarray, end: str = "ip") -> dict[str, torc
 # ---------------------------------------------------------------------------- blob memory
 
 
+@pytest.fixture(autouse=True, params=["cpu views", "host arrays"])
+def memory(request, monkeypatch):
+    """Every test twice: with numpy views of CPU tensors, and as on a GPU, where no tensor can be
+    viewed and pycaffe keeps a host array per blob (Caffe's SyncedMemory CPU copy)."""
+    if request.param == "host arrays":
+        monkeypatch.setattr(caffe.Net, "_numpy_views", staticmethod(lambda tensor: False))
+    return request.param
+
+
+
 def test_held_views_see_later_forwards_and_param_edits(tmp_path):
     """net_surgery cell 3: a view taken before a param edit shows the next forward's values."""
     net = _net(tmp_path, force_backward=False)

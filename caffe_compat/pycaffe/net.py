@@ -4,8 +4,10 @@ Blobs are what pycaffe code reads and writes, with Caffe's memory rules: every b
 data and one diff buffer for the net's life (a new one only when a reshape changes its size), and
 ``net.blobs[name].data`` / ``.diff`` and ``net.params[layer][i].data`` / ``.diff`` are numpy views
 of them (on the CPU), so forward, backward, the solver and the user all read and write the same
-memory: a view held across a forward shows the new values. On a GPU they are host copies pushed
-back before the next forward, backward or solver step (Caffe's SyncedMemory, in effect).
+memory: a view held across a forward shows the new values. On a GPU they are host arrays kept for
+the blob's life, as Caffe's SyncedMemory keeps its CPU copy: what the user wrote into them goes
+to the device before the next forward, backward or solver step, and every run's results come
+back into the same arrays, so a held view shows the new values there too.
 
 ``forward`` is Caffe's ForwardFromTo (the net's fused plan for a whole pass when no layer needs
 backward, so the numbers are the library's). ``backward`` is Caffe's BackwardFromTo: layer by
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -35,6 +38,15 @@ from caffe_compat.net.registry import Layer, apply_running_updates
 from caffe_compat.pycaffe import mode
 
 _CALLER_FED = {"Input", "MemoryData"}  # source layers whose tops come from the caller
+
+
+@dataclass
+class _Mirror:
+    """A host array standing for device memory (Caffe's SyncedMemory CPU copy)."""
+
+    tensor: torch.Tensor  # the device memory, flat
+    host: np.ndarray  # flat; the user holds views of it
+    shadow: np.ndarray  # the host array as last synced: a user's write shows as a difference
 
 
 class Blob(LegacyShape):
@@ -166,7 +178,7 @@ class Net:
         self._diffs: dict[str, torch.Tensor] = {}
         # per layer index: (bottom leaves, tops) of the last forward, for that layer's backward
         self._segments: dict[int, tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]] = {}
-        self._mirrors: list[tuple[torch.Tensor, np.ndarray]] = []
+        self._mirrors: dict[tuple, _Mirror] = {}  # host arrays of tensors numpy cannot view
         self._own_pass = False  # True while this object runs layers (the library-run hooks stand by)
         self._viewed: set[str] = set()  # blobs whose data buffer the user may hold a view of
         self._memory: list[Any] | None = None  # set_input_arrays: [data, labels, position]
@@ -236,26 +248,47 @@ class Net:
         self._segments.clear()  # recorded passes were for the old shapes
 
     def _host_view(self, tensor: torch.Tensor) -> np.ndarray:
-        """The tensor's values as numpy: a view on the CPU; on a GPU a host copy written back
-        before the next forward, backward or solver step."""
+        """The tensor's values as numpy: a view on the CPU; on a GPU (or for another dtype) a
+        view of the host array kept for that memory, the same one at every call and whatever
+        shape a same-size reshape gives the memory."""
         tensor = tensor.detach()
-        if tensor.device.type == "cpu" and tensor.dtype == torch.float32:
+        if self._numpy_views(tensor):
             return tensor.numpy()
-        host = tensor.to("cpu", torch.float32).numpy()
-        self._mirrors.append((tensor, host))
-        return host
+        key = (str(tensor.device), tensor.data_ptr(), tensor.numel(), tensor.dtype)
+        mirror = self._mirrors.get(key)
+        if mirror is None:
+            host = tensor.to("cpu", torch.float32, copy=True).numpy().reshape(-1)
+            mirror = self._mirrors[key] = _Mirror(tensor.reshape(-1), host, host.copy())
+        return mirror.host.reshape(tensor.shape)
+
+    @staticmethod
+    def _numpy_views(tensor: torch.Tensor) -> bool:
+        """Whether numpy can view the tensor's memory itself (a float32 CPU tensor)."""
+        return tensor.device.type == "cpu" and tensor.dtype == torch.float32
 
     def _push_mirrors(self) -> None:
+        """Host arrays the user wrote into since the last sync go to the device (only those: a
+        stale copy must never overwrite what a solver step or another net changed there)."""
         with torch.no_grad():
-            for tensor, host in self._mirrors:
-                tensor.copy_(torch.from_numpy(host).reshape(tensor.shape))
-        self._mirrors.clear()
+            for mirror in self._mirrors.values():
+                if not np.array_equal(mirror.host, mirror.shadow, equal_nan=True):
+                    mirror.tensor.copy_(torch.from_numpy(mirror.host))
+                    mirror.shadow[...] = mirror.host
+
+    def _pull_mirrors(self) -> None:
+        """After a run: the host arrays take the device's new values (Caffe's to_cpu)."""
+        with torch.no_grad():
+            for mirror in self._mirrors.values():
+                values = mirror.tensor.to("cpu", torch.float32).numpy()
+                mirror.host[...] = values
+                mirror.shadow[...] = values
 
     def _follow_mode(self) -> None:
         """Caffe reads the mode at every forward: move to the device it names now."""
         if not self._follows_mode or mode.device() == self._device:
             return
         self._push_mirrors()
+        self._mirrors.clear()  # the tensors move: new arrays on the next view
         self._device = mode.device()
         self._net.to(self._device)
         self._data = {k: v.to(self._device) for k, v in self._data.items()}
@@ -371,6 +404,7 @@ class Net:
     def _run(self, first: int, last: int, advance: bool = True) -> None:
         with self._pass():
             self._forward_from_to(first, last, advance)
+        self._pull_mirrors()
 
     def _forward_from_to(self, first: int, last: int, advance: bool) -> None:
         """Caffe's ForwardFromTo: every top lands in its blob's buffer. Layers that will run
@@ -461,6 +495,7 @@ class Net:
         for index in range(first, last - 1, -1):
             if self._layer_need[index]:
                 self._backward_layer(index)
+        self._pull_mirrors()
         return {name: self.blobs[name].diff for name in wanted}
 
     def _backward_layer(self, index: int) -> None:
@@ -587,6 +622,7 @@ class Net:
         """Copy weights by layer name from a .caffemodel or .caffemodel.h5."""
         self._push_mirrors()
         self._net.copy_from(os.fspath(weights))
+        self._pull_mirrors()
 
     load_hdf5 = copy_from
 
@@ -599,9 +635,11 @@ class Net:
         write_weights_hdf5(path, self._net.to_net_parameter())
 
     def clear_param_diffs(self) -> None:
+        self._push_mirrors()
         for param in self._net.parameters():
             if param.grad is not None:
                 param.grad.zero_()
+        self._pull_mirrors()
 
     def share_with(self, other: "Net") -> None:
         """Use ``other``'s blobs for every same-named layer (Caffe's ShareTrainedLayersWith)."""

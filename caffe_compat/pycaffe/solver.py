@@ -53,10 +53,16 @@ class Solver:
         for net in (self.net, *self.test_nets):
             net._push_mirrors()
 
+    def _synced_back(self) -> None:
+        """After the solver ran: the nets' host arrays (GPU) take what it changed."""
+        for net in (self.net, *self.test_nets):
+            net._pull_mirrors()
+
     def step(self, iters: int) -> None:
         """Caffe's Step: ``iters`` iterations (tests, display and snapshots as the solver says)."""
         self._sync()
         self._solver.step(int(iters))
+        self._synced_back()
 
     def solve(self, resume_file: str | os.PathLike[str] | None = None) -> None:
         """Train to ``max_iter`` (from ``resume_file``, a .solverstate, when given)."""
@@ -64,9 +70,12 @@ class Solver:
             self.restore(resume_file)
         self._sync()
         self._solver.solve()
+        self._synced_back()
 
     def restore(self, state_file: str | os.PathLike[str]) -> None:
+        self._sync()
         self._solver.restore(os.fspath(state_file))
+        self._synced_back()
 
     def snapshot(self) -> None:
         self._sync()
@@ -76,6 +85,7 @@ class Solver:
         """One update from the current parameter diffs (for hand-written training loops)."""
         self._sync()
         self._solver.updater.apply(self.lr, self._solver.iter)
+        self._synced_back()
 
     def add_callback(self, on_start: Callable[[], Any], on_gradients: Callable[[], Any]) -> None:
         """Caffe's add_callback: ``on_start()`` before each iteration's forward, ``on_gradients()``
