@@ -99,6 +99,11 @@ def randomise(net: CaffeNet, seed: int) -> None:
             blobs[0].copy_(torch.randn(blobs[0].shape, generator=gen) * 0.1)
             uniform(blobs[1], 0.5, 1.5)
             blobs[2].fill_(1.0)
+        elif kind == "BN" and len(blobs) == 4:  # PSPNet's BN: slope, bias, moving mean, variance
+            uniform(blobs[0], 0.5, 1.5)
+            blobs[1].copy_(torch.randn(blobs[1].shape, generator=gen) * 0.1)
+            blobs[2].copy_(torch.randn(blobs[2].shape, generator=gen) * 0.1)
+            uniform(blobs[3], 0.5, 1.5)
         elif kind in ("Scale", "BN"):
             uniform(blobs[0], 0.5, 1.5)
             for blob in list(blobs)[1:]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
@@ -162,14 +163,14 @@ def test_prototxt_names_tell_round_mode_from_ceil_mode():
 
 
 def test_unknown_field_names_file_line_column_and_dialects(tmp_path: Path):
-    path = tmp_path / "psp.prototxt"
-    path.write_text('name: "x"\nlayer {\n  name: "bn" type: "BN"\n  bn_param { slope_filler { type: "constant" } }\n}\n')
+    path = tmp_path / "ssd.prototxt"
+    path.write_text('name: "x"\nlayer {\n  name: "loss" type: "MultiBoxLoss"\n  multibox_loss_param { }\n}\n')
     result = CliRunner().invoke(main, ["inspect", str(path)])
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line]
     assert len(lines) == 1
-    assert lines[0].startswith(f"caffe-compat: error: {path}:4:14: ")
-    assert '"slope_filler"' in lines[0] and "known to dialect pspnet (pspnet: hszhao/PSPNet @798bdc9)" in lines[0]
+    assert lines[0].startswith(f"caffe-compat: error: {path}:4:3: ")
+    assert '"multibox_loss_param"' in lines[0] and "known to dialect ssd (ssd: weiliu89/caffe" in lines[0]
     path.write_text('layer {\n  name: "p" type: "Pooling"\n  pooling_param { ceil_modes: true }\n}\n')
     result = CliRunner().invoke(main, ["inspect", str(path)])
     assert f"{path}:3:19: " in result.output and "no known Caffe fork has it either" in result.output
@@ -206,3 +207,83 @@ def test_opencvs_face_detector_field_is_named():
     """OpenCV's res10 face detector sets DetectionOutputParameter.clip, an OpenCV-only field."""
     assert dialects.knowing("DetectionOutputParameter", "clip") == ["opencv"]
     assert dialects.knowing("DetectionOutputParameter", "keep_top_k") == ["ssd"]
+
+
+# PSPNet's own BN: bn_param at 152, its BNParameter's slope_filler, bias_filler, momentum at
+# 1, 2, 3 (SegNet's scale_filler, shift_filler, bn_mode there).
+PSPNET_BN = PSPNET + [("LayerParameter", "bn_param", 152), ("BNParameter", "slope_filler", 1),
+                      ("BNParameter", "bias_filler", 2), ("BNParameter", "momentum", 3)]
+
+PSP_DEPLOY = """
+name: "psp"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 6 dim: 6 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 bias_term: false weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "conv/bn" type: "BN" bottom: "conv" top: "conv" bn_param {
+  slope_filler { type: "constant" value: 1 } bias_filler { type: "constant" value: 0.5 }
+  momentum: 0.95 eps: 0.001 frozen: true } }
+layer { name: "zoom" type: "Interp" bottom: "conv" top: "zoom" interp_param { zoom_factor: 2 } }
+"""
+
+
+def _pspnet_caffemodel(path: Path) -> bytes:
+    """A caffemodel as PSPNet's Caffe writes it (its own schema, fields copied by name)."""
+    from google.protobuf import text_format
+
+    net = CaffeNet(parse_net_text(PSP_DEPLOY), phase=TEST)
+    bn = next(s.layer for s in net.steps if s.type == "BN")
+    with torch.no_grad():
+        bn.blobs[2].copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]).reshape(1, 4, 1, 1))
+        bn.blobs[3].copy_(torch.tensor([1.0, 2.0, 0.25, 4.0]).reshape(1, 4, 1, 1))
+    ours = net.to_net_parameter()
+    fork = fork_net_class(PSPNET_BN)()
+    for layer in ours.layer:
+        fork_layer = fork.layer.add()
+        if layer.type == "Input":  # input_param's 143 is interp_param in PSPNet's schema
+            fork_layer.name, fork_layer.type = layer.name, layer.type
+            fork_layer.top.extend(layer.top)
+            continue
+        text_format.Parse(text_format.MessageToString(layer), fork_layer)
+    raw = fork.SerializeToString()
+    path.write_bytes(raw)
+    return raw
+
+
+def test_pspnet_bn_caffemodel_is_read_with_its_meaning_and_round_trips(tmp_path: Path):
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text(PSP_DEPLOY)
+    raw = _pspnet_caffemodel(tmp_path / "psp.caffemodel")
+    fork = fork_net_class(PSPNET_BN)()
+    fork.ParseFromString(raw)
+    assert next(x for x in fork.layer if x.type == "BN").bn_param.momentum == pytest.approx(0.95)  # PSPNet numbers
+    assert caffemodel_dialect(tmp_path / "psp.caffemodel") == "pspnet"
+    bn = next(layer for layer in read_caffemodel(tmp_path / "psp.caffemodel").layer if layer.type == "BN")
+    p = bn.bn_param
+    assert p.slope_filler.value == 1 and p.bias_filler.value == 0.5 and p.frozen
+    assert p.momentum == pytest.approx(0.95) and p.eps == pytest.approx(1e-3)
+    assert not p.HasField("bn_mode") and not p.HasField("scale_filler") and len(bn.blobs) == 4
+    assert list(bn.blobs[3].data) == [1.0, 2.0, 0.25, 4.0]
+    export_torch(prototxt, tmp_path / "psp.caffemodel", tmp_path / "w.safetensors")
+    import_torch(prototxt, tmp_path / "w.safetensors", tmp_path / "back.caffemodel",
+                 template=tmp_path / "psp.caffemodel")
+    assert (tmp_path / "back.caffemodel").read_bytes() == raw
+    # Written without a template: PSPNet's numbers too (its BN fields choose the dialect).
+    write_caffemodel(tmp_path / "plain.caffemodel", read_caffemodel(tmp_path / "psp.caffemodel"))
+    assert (tmp_path / "plain.caffemodel").read_bytes() == raw
+
+
+def test_segnet_bn_keeps_its_fields_beside_a_pspnet_interp(tmp_path: Path):
+    """A file with PSPNet's Interp (143) is read as pspnet; a SegNet BN at 45 in it keeps
+    scale_filler / bn_mode at 1 / 3 (PSPNet's BNParameter moves apply to field 152 only)."""
+    fork = fork_net_class(PSPNET)()
+    fork.layer.add(name="zoom", type="Interp").interp_param.zoom_factor = 2
+    bn = fork.layer.add(name="bn", type="BN").bn_param
+    bn.bn_mode = caffe_pb2.BNParameter.INFERENCE
+    bn.scale_filler.value = 2
+    path = tmp_path / "mixed.caffemodel"
+    path.write_bytes(fork.SerializeToString())
+    assert caffemodel_dialect(path) == "pspnet"
+    read = read_caffemodel(path).layer[1].bn_param
+    assert read.bn_mode == caffe_pb2.BNParameter.INFERENCE and read.scale_filler.value == 2
+    assert not dialects.is_pspnet_bn(read)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from caffe_compat.errors import CaffeCompatError
 from caffe_compat.io.prototxt import parse_net_text
 from caffe_compat.net.builder import CaffeNet
-from caffe_compat.net.registry import TEST, layer_class
+from caffe_compat.net.registry import TEST, TRAIN, layer_class
 from caffe_compat.onnx.export import net_to_onnx
 from caffe_compat.proto import caffe_pb2
 
@@ -227,6 +227,118 @@ def test_fork_net_matches_onnxruntime_at_batch_1_and_3(fold_bn: bool):
     for batch in (1, 3):
         net = _net(batch)  # same seed: same weights, built at this batch
         x = _rng(batch).standard_normal((batch, 6, 9, 11)).astype(np.float32)
+        with torch.no_grad():
+            ours = net({"data": torch.from_numpy(x)})["out"].numpy()
+        got = session.run(["out"], {"data": x})[0]
+        assert np.abs(got - ours).max() <= 1e-4 * np.abs(ours).max()
+
+
+# ------------------------------------------------------------------ PSPNet's own BN
+
+
+def pspnet_bn(x: np.ndarray, slope, bias, mean, var, eps: float, batch_stats: bool):
+    """hszhao/PSPNet @798bdc9 bn_layer.cpp Forward_cpu, step by step in float32: subtract the
+    mean (moving, or the batch's: spatial then batch average), the variance (moving, or the
+    batch's mean of squared deviations), add eps, power -0.5, multiply, times slope, plus bias."""
+    x = x.astype(np.float32)
+    if batch_stats:
+        mean = x.mean(axis=(2, 3)).mean(axis=0).reshape(1, -1, 1, 1)
+    top = x - mean
+    if batch_stats:
+        var = (top**2).mean(axis=(2, 3)).mean(axis=0).reshape(1, -1, 1, 1)
+    inv_std = np.power(var + np.float32(eps), np.float32(-0.5))
+    return top * inv_std * slope + bias, mean, var
+
+
+PSP_BN = ('name: "bn" type: "BN" bn_param { slope_filler { type: "gaussian" std: 1 } '
+          'bias_filler { type: "gaussian" std: 1 } momentum: 0.95 eps: 1e-4 %s }')
+
+
+def _with_stats(layer, seed: int):
+    rng = _rng(seed)
+    c = layer.blobs[2].shape[1]
+    with torch.no_grad():
+        layer.blobs[2].copy_(torch.from_numpy(rng.standard_normal((1, c, 1, 1)).astype(np.float32)))
+        layer.blobs[3].copy_(torch.from_numpy(rng.uniform(0.1, 3, (1, c, 1, 1)).astype(np.float32)))
+    return layer
+
+
+@pytest.mark.parametrize("frozen, phase", [(True, TEST), (False, TEST), (True, TRAIN)])
+def test_pspnet_bn_uses_its_moving_statistics_in_test_or_frozen(frozen: bool, phase: int):
+    x = _rng(2).standard_normal((2, 5, 4, 3)).astype(np.float32) * 2 + 1
+    param = caffe_pb2.LayerParameter()
+    from google.protobuf import text_format
+
+    text_format.Parse(PSP_BN % f"frozen: {str(frozen).lower()}", param)
+    layer = _with_stats(layer_class(param)(param, [x.shape], phase), 3)
+    assert layer.pspnet and len(layer.blobs) == 4 and all(b.shape == (1, 5, 1, 1) for b in layer.blobs)
+    blobs = [b.detach().numpy().copy() for b in layer.blobs]
+    ref, _, _ = pspnet_bn(x, *blobs, eps=1e-4, batch_stats=False)
+    np.testing.assert_allclose(layer(torch.from_numpy(x))[0].detach().numpy(), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(layer.blobs[2].detach().numpy(), blobs[2])  # no update
+
+
+def test_pspnet_bn_train_uses_the_batch_and_moves_the_averages():
+    x = _rng(4).standard_normal((3, 4, 5, 6)).astype(np.float32) * 3 - 1
+    param = caffe_pb2.LayerParameter()
+    from google.protobuf import text_format
+
+    text_format.Parse(PSP_BN % "", param)
+    layer = _with_stats(layer_class(param)(param, [x.shape], TRAIN), 5)
+    blobs = [b.detach().numpy().copy() for b in layer.blobs]
+    ref, mean, var = pspnet_bn(x, *blobs, eps=1e-4, batch_stats=True)
+    y = layer(torch.from_numpy(x))[0]
+    np.testing.assert_allclose(y.detach().numpy(), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.blobs[2].detach().numpy(), 0.05 * mean + 0.95 * blobs[2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.blobs[3].detach().numpy(), 0.05 * var + 0.95 * blobs[3], rtol=1e-5, atol=1e-6)
+    y.sum().backward()  # autograd reaches slope and bias
+    assert layer.blobs[0].grad is not None and layer.blobs[1].grad is not None
+
+
+def test_pspnet_bn_defaults_and_mixed_fields():
+    layer = _layer('name: "bn" type: "BN" bn_param { frozen: true }', (1, 2, 3, 3))
+    assert layer.pspnet and layer.eps == pytest.approx(1e-5) and layer.momentum == pytest.approx(0.9)
+    # Caffe's initial blobs: slope, bias from unset fillers (0), mean 0, variance 1 when frozen.
+    assert [float(b.sum()) for b in layer.blobs] == [0.0, 0.0, 0.0, 2.0]
+    with pytest.raises(CaffeCompatError, match="mixes SegNet's fields"):
+        _layer('name: "bn" type: "BN" bn_param { bn_mode: INFERENCE frozen: true }', (1, 2, 3, 3))
+
+
+PSP_NET = """
+name: "psp"
+input: "data"
+input_shape { dim: 2 dim: 3 dim: 9 dim: 11 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 6 kernel_size: 3 pad: 1 bias_term: false weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "conv/bn" type: "BN" bottom: "conv" top: "conv"
+  bn_param { slope_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 } frozen: true momentum: 0.95 } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "branch" type: "Convolution" bottom: "conv" top: "branch"
+  convolution_param { num_output: 4 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "branch/bn" type: "BN" bottom: "branch" top: "branch_bn"
+  bn_param { slope_filler { type: "constant" value: 1 } bias_filler { type: "constant" value: 0 } eps: 1e-3 } }
+layer { name: "interp" type: "Interp" bottom: "branch_bn" top: "out" interp_param { zoom_factor: 2 } }
+"""
+
+
+def _psp_net(batch: int) -> CaffeNet:
+    torch.manual_seed(0)
+    net = CaffeNet(parse_net_text(PSP_NET.replace("dim: 2 dim: 3", f"dim: {batch} dim: 3")), phase=TEST)
+    for i, step in enumerate(s for s in net.steps if s.type == "BN"):
+        _with_stats(step.layer, 10 + i)
+    return net
+
+
+@pytest.mark.parametrize("fold_bn", [False, True])
+def test_pspnet_bn_net_matches_onnxruntime_at_batch_1_and_3(fold_bn: bool):
+    model, _, _ = net_to_onnx(_psp_net(2), dynamic_batch=True, fold_bn=fold_bn)
+    # --fold-bn folds the in-place BN after the convolution away; the other stays
+    assert any("conv/bn/" in n.name for n in model.graph.node) is not fold_bn
+    assert any("branch/bn/" in n.name for n in model.graph.node)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        net = _psp_net(batch)
+        x = _rng(batch).standard_normal((batch, 3, 9, 11)).astype(np.float32)
         with torch.no_grad():
             ours = net({"data": torch.from_numpy(x)})["out"].numpy()
         got = session.run(["out"], {"data": x})[0]

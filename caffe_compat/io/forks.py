@@ -15,7 +15,8 @@ from caffe_compat.proto.dialects import Dialect, Move
 
 _LAYER = 100  # NetParameter.layer
 _TYPE = 2  # LayerParameter.type
-_NESTED = {121: caffe_pb2.PoolingParameter.DESCRIPTOR}  # messages moves reach into
+#: messages moves reach into, by the fork's number of the field holding them
+_NESTED = {121: caffe_pb2.PoolingParameter.DESCRIPTOR, 152: caffe_pb2.BNParameter.DESCRIPTOR}
 
 
 def _layer_type(view: memoryview) -> str:
@@ -46,25 +47,29 @@ def _applies(move: Move, layer_type: str) -> bool:
     return not move.layer_types or layer_type in move.layer_types
 
 
-def _rewrite(view: memoryview, moves: list[tuple[tuple[int, ...], int, int]], descriptor, sort: bool) -> bytes:
+def _rewrite(view: memoryview, moves: list[tuple[tuple[int, ...], int, int]], descriptor, to_fork: bool) -> bytes:
     """The message ``view`` with field numbers changed by ``moves`` ((within, old, new) with
-    ``within`` the path of nested fields below this message). Sorting puts the fields this
-    message's descriptor knows (by their new numbers) in number order, unknown ones last."""
+    ``within`` the path of nested fields below this message, by the fork's numbers). Writing
+    (``to_fork``) sorts the fields this message's descriptor knows (by their new numbers) into
+    number order, unknown ones last."""
     here = {old: new for within, old, new in moves if not within}
     pieces: list[tuple[int, bool, bytes]] = []
     for f in iter_fields(view, 0, len(view)):
-        inner = [(within[1:], old, new) for within, old, new in moves if within and within[0] == f.number]
         number = here.get(f.number, f.number)
+        # ``within`` names the holding field by the fork's number: the new number when writing
+        # a fork's file (ours 45 -> PSPNet's 152), the wire's when reading one.
+        fork_number = number if to_fork else f.number
+        inner = [(within[1:], old, new) for within, old, new in moves if within and within[0] == fork_number]
         known = f.number in descriptor.fields_by_number or number in descriptor.fields_by_number
         if inner and f.wire_type == LENGTH_DELIMITED:
-            body = _rewrite(view[f.value_start : f.end], inner, _NESTED[f.number], sort)
+            body = _rewrite(view[f.value_start : f.end], inner, _NESTED[fork_number], to_fork)
             piece = encode_key(number, LENGTH_DELIMITED) + encode_varint(len(body)) + body
         elif number != f.number:
             piece = encode_key(number, f.wire_type) + bytes(view[_value_offset(view, f) : f.end])
         else:
             piece = bytes(view[f.start : f.end])
         pieces.append((number, known, piece))
-    if sort:
+    if to_fork:
         pieces = sorted((p for p in pieces if p[1]), key=lambda p: p[0]) + [p for p in pieces if not p[1]]
     return b"".join(piece for _, _, piece in pieces)
 
@@ -93,7 +98,7 @@ def net_to_ours(raw: bytes | memoryview, dialect: Dialect) -> bytes:
             layer = view[f.value_start : f.end]
             moves = _moves(dialect, _layer_type(layer), to_fork=False)
             if moves:
-                body = _rewrite(layer, moves, caffe_pb2.LayerParameter.DESCRIPTOR, sort=False)
+                body = _rewrite(layer, moves, caffe_pb2.LayerParameter.DESCRIPTOR, to_fork=False)
                 out += encode_key(_LAYER, LENGTH_DELIMITED) + encode_varint(len(body)) + body
                 continue
         out += view[f.start : f.end]
@@ -106,13 +111,14 @@ def layer_to_fork(raw: bytes, layer_type: str, dialect: Dialect) -> bytes:
     moves = _moves(dialect, layer_type, to_fork=True)
     if not moves:
         return raw
-    return _rewrite(memoryview(raw), moves, caffe_pb2.LayerParameter.DESCRIPTOR, sort=True)
+    return _rewrite(memoryview(raw), moves, caffe_pb2.LayerParameter.DESCRIPTOR, to_fork=True)
 
 
 def dialect_of_net(net: caffe_pb2.NetParameter, requested: str | None = None) -> Dialect:
     """The dialect to write ``net`` in: ``requested`` (or ``--dialect``), else the moves its
     fork fields need: ``ceil_mode`` -> opencv's, ``upsample_param`` -> segnet's (the layer's
-    origin; ENet's caffe numbers it 147: pass ``enet``), ``interp_param`` -> pspnet's. Their
+    origin; ENet's caffe numbers it 147: pass ``enet``), ``interp_param`` or a BN layer with
+    PSPNet's ``bn_param`` fields -> pspnet's (bn_param at 152). Their
     moves touch different layer types, so one file can carry several."""
     requested = requested or dialects.selected()
     if requested is not None:
@@ -123,7 +129,7 @@ def dialect_of_net(net: caffe_pb2.NetParameter, requested: str | None = None) ->
             needed.add("opencv")
         if layer.HasField("upsample_param"):
             needed.add("segnet")
-        if layer.HasField("interp_param"):
+        if layer.HasField("interp_param") or (layer.type == "BN" and dialects.is_pspnet_bn(layer.bn_param)):
             needed.add("pspnet")
     if not needed:
         return dialects.get("bvlc")

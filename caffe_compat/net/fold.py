@@ -1,5 +1,5 @@
 """Inference-only speed-up: fold Caffe's Convolution (or InnerProduct) -> BatchNorm -> Scale
-chains into the convolution.
+chains (and PSPNet's ``BN`` with its moving statistics) into the convolution.
 
 With global statistics, BatchNorm and the following Scale are a per-channel affine map, so
     W' = W * g / sqrt(var + eps),   b' = (b - mean) * g / sqrt(var + eps) + beta
@@ -14,6 +14,7 @@ import torch
 
 from caffe_compat.net.builder import CaffeNet, Step
 from caffe_compat.net.layers.common import InnerProduct
+from caffe_compat.net.layers.fork_segnet import BN
 from caffe_compat.net.layers.normalization import BatchNorm, Scale
 from caffe_compat.net.layers.vision import Convolution
 
@@ -31,6 +32,13 @@ def _bn_affine(bn: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     mean, var = bn.blobs[0].double() * factor, bn.blobs[1].double() * factor
     inv = 1 / torch.sqrt(var + bn.eps)
     return inv, -mean * inv
+
+
+def _pspnet_bn_affine(bn: BN) -> tuple[torch.Tensor, torch.Tensor]:
+    """(multiplier, offset) of PSPNet's BN with its moving statistics (and slope, bias), in float64."""
+    slope, bias, mean, var = (b.double().reshape(-1) for b in bn.blobs[:4])
+    mult = slope / torch.sqrt(var + bn.eps)
+    return mult, bias - mean * mult
 
 
 def _foldable(layer) -> bool:
@@ -53,11 +61,13 @@ def fold_batchnorm(net: CaffeNet) -> list[str]:
             continue
         blob = steps[i].tops[0]
         bn_step = steps[i + 1]
-        if not (isinstance(bn_step.layer, BatchNorm) and bn_step.layer.use_global_stats
-                and _in_place_on(bn_step, blob)):
+        if not (_in_place_on(bn_step, blob) and (
+                (isinstance(bn_step.layer, BatchNorm) and bn_step.layer.use_global_stats)
+                or (isinstance(bn_step.layer, BN) and bn_step.layer.pspnet and bn_step.layer.global_stats))):
             i += 1
             continue
-        mult, offset = _bn_affine(bn_step.layer)
+        mult, offset = (_bn_affine(bn_step.layer) if isinstance(bn_step.layer, BatchNorm)
+                        else _pspnet_bn_affine(bn_step.layer))
         chain = [bn_step]
         if i + 2 < len(steps):
             scale_step = steps[i + 2]

@@ -29,7 +29,8 @@ from caffe_compat.errors import CaffeCompatError
 class Move:
     """A field the fork numbers ``fork`` and caffe_compat numbers ``ours``, inside the
     LayerParameter of the given ``layer_types`` (empty: every layer). ``within`` is the
-    LayerParameter field of the message holding it (``()`` for LayerParameter itself)."""
+    LayerParameter field of the message holding it (``()`` for LayerParameter itself), by the
+    fork's number where that field is itself moved (PSPNet's bn_param 152)."""
 
     within: tuple[int, ...]
     fork: int
@@ -51,6 +52,7 @@ class Dialect:
 
 
 _POOLING_PARAM = 121  # LayerParameter.pooling_param
+_PSP_BN_PARAM = 152  # PSPNet's LayerParameter.bn_param
 
 _SEGNET_ENET_FIELDS = {
     "LayerParameter": frozenset({"bn_param", "upsample_param"}),
@@ -77,7 +79,14 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
          "InterpParameter": frozenset({"height", "width", "zoom_factor", "shrink_factor", "pad_beg", "pad_end"}),
          "BNParameter": frozenset({"slope_filler", "bias_filler", "momentum", "eps", "frozen", "engine"})},
         frozenset({"Interp", "BN"}),
-        (Move((), 143, 2143, frozenset({"Interp"})),),
+        (Move((), 143, 2143, frozenset({"Interp"})),
+         # PSPNet's own BN: bn_param is 152 there (45, SegNet's, here), and its BNParameter's
+         # slope_filler, bias_filler, momentum (1, 2, 3) collide with SegNet's scale_filler,
+         # shift_filler, bn_mode. A BN layer holding field 152 can only be PSPNet's.
+         Move((), _PSP_BN_PARAM, 45, frozenset({"BN"})),
+         Move((_PSP_BN_PARAM,), 1, 1001, frozenset({"BN"})),
+         Move((_PSP_BN_PARAM,), 2, 1002, frozenset({"BN"})),
+         Move((_PSP_BN_PARAM,), 3, 1003, frozenset({"BN"}))),
     ),
     Dialect(
         "opencv", "opencv/opencv modules/dnn/src/caffe/opencv-caffe.proto @036f721",
@@ -124,6 +133,18 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
         frozenset({"DepthwiseConvolution", "ConvolutionDepthwise"}),
     ),
 )}
+
+
+#: PSPNet's own BNParameter fields (hszhao/PSPNet @798bdc9); SegNet's are bn_mode,
+#: scale_filler, shift_filler. caffe.proto's BNParameter holds both forks' fields.
+PSPNET_BN_FIELDS = ("slope_filler", "bias_filler", "momentum", "eps", "frozen", "engine")
+
+
+def is_pspnet_bn(bn_param) -> bool:
+    """Whether a BN layer's ``bn_param`` is PSPNet's (4 blobs: slope, bias, moving mean and
+    variance) rather than SegNet's/ENet's (2 blobs: scale, shift): any of PSPNet's fields set.
+    Setting fields of both is an error (raised by the layer)."""
+    return any(bn_param.HasField(name) for name in PSPNET_BN_FIELDS)
 
 
 #: The dialect ``--dialect`` names for this process (None: choose from the file).

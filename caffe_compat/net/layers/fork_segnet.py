@@ -2,6 +2,8 @@
 
 Read from alexgkendall/caffe-segnet @344c113 (src/caffe/layers/bn_layer.cpp, upsample_layer.cpp)
 and TimoSaemann/caffe-enet @22d356c (the same layers, ENet numbers ``upsample_param`` 147).
+The same ``BN`` entry computes hszhao/PSPNet @798bdc9's own BN (src/caffe/layers/bn_layer.cpp)
+when its ``bn_param`` holds PSPNet's fields.
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from caffe_compat.net.fillers import constant_filler, filled
-from caffe_compat.net.registry import Layer, Shape, register_layer
-from caffe_compat.proto import caffe_pb2
+from caffe_compat.net.registry import TEST, Layer, RunningUpdate, Shape, apply_running_updates, register_layer
+from caffe_compat.proto import caffe_pb2, dialects
 
 #: caffe-segnet's BNLayer adds this to the batch variance (it is not a parameter there).
 BN_VARIANCE_EPS = 1e-9
@@ -18,7 +20,9 @@ BN_VARIANCE_EPS = 1e-9
 
 @register_layer("BN")
 class BN(Layer):
-    """SegNet/ENet batch normalisation; blobs scale and shift, each (1, C, 1, 1).
+    """SegNet/ENet batch normalisation; blobs scale and shift, each (1, C, 1, 1). A ``bn_param``
+    with PSPNet's fields (``slope_filler``, ``bias_filler``, ``momentum``, ``eps``, ``frozen``)
+    is PSPNet's own BN instead (:meth:`_init_pspnet`: 4 blobs, moving statistics).
 
     ``bn_mode: LEARN`` (the default) normalises by the statistics of the batch at hand, in TRAIN
     and TEST alike: mean and the biased variance E(x^2) - E(x)^2 over (N, H, W), plus 1e-9, then
@@ -33,6 +37,10 @@ class BN(Layer):
         if len(shape) != 4:
             raise self.fail(f"needs a 4-axis (num, channels, height, width) bottom, got {shape}")
         p = param.bn_param
+        self.pspnet = dialects.is_pspnet_bn(p)
+        if self.pspnet:
+            self._init_pspnet(p, phase)
+            return
         self.inference = p.bn_mode == caffe_pb2.BNParameter.INFERENCE
         if self.inference and len(param.top) > 1:
             raise self.fail("bn_mode: INFERENCE has no batch mean and variance tops")
@@ -46,11 +54,65 @@ class BN(Layer):
         self.blobs.append(filled((1, channels, 1, 1), shift, self.name))
         self.num_tops = max(1, len(param.top))
 
+    def _init_pspnet(self, p, phase) -> None:
+        """PSPNet's BN (hszhao/PSPNet @798bdc9 src/caffe/layers/bn_layer.cpp): blobs slope, bias,
+        moving mean, moving variance, each (1, C, 1, 1); one top. In TEST or ``frozen``:
+        y = slope * (x - mean) * (var + eps)^-1/2 + bias with the stored mean and variance (the
+        variance itself is stored, eps added at use). In TRAIN, not frozen: the batch's mean and
+        biased variance mean((x - mean)^2) over (N, H, W), and the moving blobs become
+        momentum * blob + (1 - momentum) * batch statistic."""
+        if p.HasField("bn_mode") or p.HasField("scale_filler") or p.HasField("shift_filler"):
+            raise self.fail("bn_param mixes SegNet's fields (bn_mode, scale_filler, shift_filler) with "
+                            "PSPNet's (slope_filler, bias_filler, momentum, eps, frozen)")
+        if len(self.param.top) > 1:
+            raise self.fail(f"PSPNet's BN has exactly 1 top, got {len(self.param.top)}")
+        self.frozen = bool(p.frozen)
+        self.momentum = float(p.momentum)
+        self.eps = float(p.eps)
+        self.global_stats = self.frozen or phase == TEST
+        self.num_tops = 1
+        self.inference = False
+        channels = self.bottom_shapes[0][1]
+        shape = (1, channels, 1, 1)
+        # Caffe's GetFiller on an unset FillerParameter is the constant 0.
+        slope = p.slope_filler if p.HasField("slope_filler") else constant_filler(0.0)
+        bias = p.bias_filler if p.HasField("bias_filler") else constant_filler(0.0)
+        self.blobs.append(filled(shape, slope, self.name))
+        self.blobs.append(filled(shape, bias, self.name))
+        self.blobs.append(torch.nn.Parameter(torch.zeros(shape), requires_grad=False))
+        self.blobs.append(torch.nn.Parameter(torch.full(shape, 1.0 if self.frozen else 0.0), requires_grad=False))
+        if self.frozen:  # bn_layer.cpp sets lr_mult 0 for slope and bias too
+            self.blobs[0].requires_grad_(False)
+            self.blobs[1].requires_grad_(False)
+        self.register_buffer("batch_mean", torch.zeros(shape), persistent=False)
+        self.register_buffer("batch_var", torch.zeros(shape), persistent=False)
+
     def top_shapes(self) -> list[Shape]:
         c = self.bottom_shapes[0][1]
         return [self.bottom_shapes[0]] + [(1, c, 1, 1)] * (self.num_tops - 1)
 
+    def running_updates(self) -> list[RunningUpdate]:
+        if not self.pspnet or self.global_stats:
+            return []
+        return [(self.blobs[2], self.momentum, self.batch_mean), (self.blobs[3], self.momentum, self.batch_var)]
+
+    def _forward_pspnet(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        slope, bias = self.blobs[0], self.blobs[1]
+        if self.global_stats:
+            mean, var = self.blobs[2], self.blobs[3]
+        else:
+            mean = x.mean(dim=(0, 2, 3), keepdim=True)
+            var = ((x - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
+            with torch.no_grad():
+                self.batch_mean.copy_(mean.detach() * (1 - self.momentum))
+                self.batch_var.copy_(var.detach() * (1 - self.momentum))
+            if not self.defer_running_updates:
+                apply_running_updates(self.running_updates())
+        return ((x - mean) * torch.rsqrt(var + self.eps) * slope + bias,)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.pspnet:
+            return self._forward_pspnet(x)
         scale, shift = self.blobs[0], self.blobs[1]
         if self.inference:
             return (x * scale + shift,)

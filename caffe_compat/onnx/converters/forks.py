@@ -14,8 +14,12 @@ add_converter("DepthwiseConvolution", "ConvolutionDepthwise")(convolution)
 
 @add_converter("BN")
 def bn(e: Emit) -> None:
-    """INFERENCE: scale * x + shift. LEARN: the batch's own statistics, as the layer computes them."""
+    """INFERENCE: scale * x + shift. LEARN: the batch's own statistics, as the layer computes them.
+    PSPNet's BN (TEST or frozen): (x - mean) * (var + eps)^-1/2 * slope + bias, as its layer."""
     layer = e.layer
+    if layer.pspnet:
+        _pspnet_bn(e)
+        return
     scale, shift = e.const("scale", e.blob(0)), e.const("shift", e.blob(1))
     if layer.inference:
         e.node("Add", [e.node("Mul", [e.bottom(), scale]), shift], top=0)
@@ -28,6 +32,17 @@ def bn(e: Emit) -> None:
     std = e.node("Sqrt", [e.node("Add", [variance, eps])])
     normalised = e.node("Div", [e.node("Sub", [x, mean]), std])
     e.node("Add", [e.node("Mul", [normalised, scale]), shift], top=0)
+
+
+def _pspnet_bn(e: Emit) -> None:
+    layer = e.layer
+    if not layer.global_stats:
+        raise e.fail("PSPNet's BN exports with its moving statistics only (TEST phase or frozen: true)")
+    var = e.blob(3).astype(np.float32)
+    inv_std = (1.0 / np.sqrt(var + np.float32(layer.eps))).astype(np.float32)
+    centred = e.node("Sub", [e.bottom(), e.const("mean", e.blob(2))])
+    normalised = e.node("Mul", [centred, e.const("inv_std", inv_std)])
+    e.node("Add", [e.node("Mul", [normalised, e.const("slope", e.blob(0))]), e.const("bias", e.blob(1))], top=0)
 
 
 @add_converter("Upsample")
