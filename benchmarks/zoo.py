@@ -119,24 +119,52 @@ def randomise(net: CaffeNet, seed: int) -> None:
                     blob.copy_(torch.randn(blob.shape, generator=gen) * 0.1)
 
 
+#: Layer types whose weights :func:`calibrate` scales (LSUV).
+WEIGHTED = {"Convolution", "Deconvolution", "InnerProduct", "DepthwiseConvolution", "ConvolutionDepthwise"}
+
+
 @torch.no_grad()
-def calibrate_batchnorm(net: CaffeNet, seed: int) -> None:
-    """Each BatchNorm's statistics set to those of its input on a seeded N(0, 1) batch, in net
-    order, as a trained net's are. Random statistics let activations grow through deep residual
-    nets (SE-ResNet-50: 22 at the first block, 2,500 at the last), and float32 rounding with them:
-    no two runtimes then agree to 1e-4, however right the conversion."""
+def calibrate(net: CaffeNet, seed: int) -> None:
+    """Seeded random weights brought to a trained net's scale, in one forward over a seeded batch
+    in net order: each BatchNorm's statistics are those of its input (as after training), and
+    each weighted layer's weights and bias are divided by its output's standard deviation (LSUV,
+    Mishkin & Matas 2016). Without it activations grow through deep residual nets (SE-ResNet-50:
+    22 at the first block, 2,500 at the last) and SE gates see pre-sigmoid values in the
+    thousands, where a float32 rounding difference flips a gate: no two runtimes then agree to
+    1e-4, however right the conversion. With it every pre-activation has unit scale."""
     rng = np.random.default_rng(seed + 1000)
     feeds = {name: torch.from_numpy(rng.standard_normal(net.blob_shapes[name]).astype(np.float32))
              for name in net.input_names}
-    for step in net.steps:
-        if step.type != "BatchNorm":
-            continue
-        x = net.forward(feeds, blobs=[step.bottoms[0]])[step.bottoms[0]].double()
+
+    def statistics(module, inputs):
+        x = inputs[0].double()
         dims = [0, *range(2, x.dim())]
-        mean, var, factor = step.layer.blobs
+        mean, var, factor = module.blobs
         mean.copy_(x.mean(dims).float())
         var.copy_(x.var(dims).float() + 1e-3)
         factor.fill_(1.0)
+
+    def unit_scale(module, inputs, output):
+        tops = output if isinstance(output, tuple) else (output,)
+        std = float(tops[0].double().std())
+        if not np.isfinite(std) or std == 0.0:
+            return None
+        for blob in module.blobs:
+            blob.div_(std)
+        scaled = tuple(top / std for top in tops)
+        return scaled if isinstance(output, tuple) else scaled[0]
+
+    hooks = []
+    for step in net.steps:
+        if step.type == "BatchNorm":
+            hooks.append(step.layer.register_forward_pre_hook(statistics))
+        elif step.type in WEIGHTED and len(step.layer.blobs):
+            hooks.append(step.layer.register_forward_hook(unit_scale))
+    try:
+        net.run(feeds, record=True, keep=set())  # record: every layer on its own, hooks included
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def rel(got: dict[str, np.ndarray], want: dict[str, np.ndarray], names: list[str] | None = None) -> float:
@@ -204,8 +232,8 @@ def one_net(path: Path, repository: str, work: Path, args) -> Row:
         torch.manual_seed(args.seed)
         net = CaffeNet(param, phase=TEST)
         randomise(net, args.seed)
-        if args.calibrate_bn:
-            calibrate_batchnorm(net, args.seed)
+        if args.weights == "calibrated":
+            calibrate(net, args.seed)
         write_caffemodel(weights, net.to_net_parameter())
         big = sum(b.numel() for s in net.steps for b in s.layer.blobs) > args.big * 1e6
         cells["build"] = "✓"
@@ -249,11 +277,30 @@ def one_net(path: Path, repository: str, work: Path, args) -> Row:
     batch_1 = work / f"{path.stem}.b1.prototxt"
     batch_1.write_text(to_text(at_batch(param, 1)))
     if args.opencv:
-        cells["opencv"] = opencv_cell(param, weights, {n: want_1[n] for n in checked}, feeds_1, batch_1)
+        for_cv, note = for_opencv(at_batch(param, 1))
+        cv_prototxt = work / f"{path.stem}.b1.opencv.prototxt"
+        cv_prototxt.write_text(to_text(for_cv))
+        cells["opencv"] = opencv_cell(param, weights, {n: want_1[n] for n in checked}, feeds_1, cv_prototxt) + note
     if getattr(args, "caffe2onnx", None):
         net_outputs = {name: want_1[name] for name in outputs}  # caffe2onnx exposes no logits
         cells["caffe2onnx"] = caffe2onnx_cell(args.caffe2onnx, batch_1, weights, net_outputs, feeds_1, work)
     return row
+
+
+def for_opencv(param: caffe_pb2.NetParameter) -> tuple[caffe_pb2.NetParameter, str]:
+    """The net as OpenCV 4.6 must be given it to compute the fork's function, and a note for the
+    cell. OpenCV's importer turns SENet's ``Axpy`` (top = a * bottom[1] + bottom[2],
+    hujie-frank/SENet axpy_layer.cpp) into Scale(bottom[2], a) + Eltwise(bottom[1]), i.e.
+    a * bottom[2] + bottom[1]: swapping the two bottoms undoes that, so OpenCV checks the rest of
+    the net instead of disagreeing at the first Axpy."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    swapped = 0
+    for layer in out.layer:
+        if layer.type == "Axpy" and len(layer.bottom) == 3:
+            layer.bottom[1], layer.bottom[2] = layer.bottom[2], layer.bottom[1]
+            swapped += 1
+    return out, f" (Axpy bottoms swapped for OpenCV, {swapped}x)" if swapped else ""
 
 
 def caffe2onnx_cell(python: str, prototxt: Path, weights: Path, want, feeds, work: Path) -> str:
@@ -333,8 +380,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--big", type=float, default=100.0, help="skip batch 3 above this many million weights")
     parser.add_argument("--no-opencv", dest="opencv", action="store_false")
-    parser.add_argument("--calibrate-bn", action="store_true",
-                        help="BatchNorm statistics from a seeded calibration batch (as a trained net's)")
+    parser.add_argument("--weights", choices=("calibrated", "he"), default="calibrated",
+                        help="calibrated (default): He-normal, then scaled to a trained net's scale by one "
+                             "seeded forward (see calibrate); he: He-normal only")
     parser.add_argument("--only", default="", help="run only nets whose file name contains one of these (comma-separated)")
     parser.add_argument("--caffe2onnx", metavar="PYTHON", default=None,
                         help="the python of a caffe2onnx 2.0.1 venv (benchmarks/bench_caffe2onnx.py makes one): "

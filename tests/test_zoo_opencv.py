@@ -36,7 +36,7 @@ needs_opencv = pytest.mark.skipif(OPENCV is None, reason="no OpenCV with a Caffe
 
 
 def _args(opencv: bool) -> argparse.Namespace:
-    return argparse.Namespace(seed=0, big=100.0, opencv=opencv, calibrate_bn=False)
+    return argparse.Namespace(seed=0, big=100.0, opencv=opencv, weights="calibrated")
 
 
 def test_zoo_row_of_a_fork_net_passes_every_column(tmp_path: Path):
@@ -107,8 +107,9 @@ def test_opencv_floor_and_ceil_sizes_match_ours(tmp_path: Path):
         assert net.blob_shapes["p"] == (1, 1, size, size)
 
 
-def test_calibrated_batchnorm_normalises_its_input(tmp_path: Path):
-    """--calibrate-bn: each BatchNorm's statistics are its input's, so its output is N(0, 1)-like."""
+def test_calibrated_weights_have_a_trained_nets_scale(tmp_path: Path):
+    """calibrate: each weighted layer's output has unit standard deviation on the calibration
+    batch (LSUV), and each BatchNorm's statistics are its input's, so its output is N(0, 1)-like."""
     import numpy as np
     import torch
 
@@ -118,14 +119,18 @@ def test_calibrated_batchnorm_normalises_its_input(tmp_path: Path):
 
     text = ('input: "data" input_shape { dim: 4 dim: 3 dim: 8 dim: 8 }\n'
             'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 5 kernel_size: 3 } }\n'
-            'layer { name: "bn" type: "BatchNorm" bottom: "c" top: "bn" batch_norm_param { use_global_stats: true } }\n')
+            'layer { name: "bn" type: "BatchNorm" bottom: "c" top: "bn" batch_norm_param { use_global_stats: true } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "bn" top: "fc" inner_product_param { num_output: 6 } }\n')
     net = CaffeNet(parse_net_text(text), phase=TEST)
     zoo.randomise(net, 0)
-    net.layer_by_name("c").blobs[0].data.mul_(7.0).add_(0.5)  # far from normalised before
-    zoo.calibrate_batchnorm(net, 0)
+    net.layer_by_name("c").blobs[0].data.mul_(7.0).add_(0.5)  # far from a trained scale before
+    net.layer_by_name("fc").blobs[0].data.mul_(30.0)
+    zoo.calibrate(net, 0)
     rng = np.random.default_rng(1000)
     feeds = {"data": torch.from_numpy(rng.standard_normal((4, 3, 8, 8)).astype(np.float32))}
     with torch.no_grad():
-        out = net.forward(feeds, blobs=["bn"])["bn"].double()
-    assert torch.allclose(out.mean((0, 2, 3)), torch.zeros(5, dtype=torch.float64), atol=1e-4)
-    assert torch.allclose(out.var((0, 2, 3)), torch.ones(5, dtype=torch.float64), atol=1e-2)
+        out = {k: v.double() for k, v in net.forward(feeds, blobs=["c", "bn", "fc"]).items()}
+    assert abs(float(out["c"].std()) - 1.0) < 1e-4
+    assert abs(float(out["fc"].std()) - 1.0) < 1e-4
+    assert torch.allclose(out["bn"].mean((0, 2, 3)), torch.zeros(5, dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(out["bn"].var((0, 2, 3)), torch.ones(5, dtype=torch.float64), atol=1e-2)
