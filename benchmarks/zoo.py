@@ -351,26 +351,61 @@ COLUMNS = [("inspect", "inspect"), ("build", "build"), ("export", "export (dynam
            ("opencv", "OpenCV 4.6 b1")]
 
 
-def table(rows: list[Row], args, opencv_version: str | None) -> str:
-    columns = COLUMNS + ([("caffe2onnx", "caffe2onnx 2.0.1 b1")] if getattr(args, "caffe2onnx", None) else [])
-    ok = sum(all(r.cells.get(k, "").startswith(("✓", "skipped")) for k, _ in COLUMNS[:6]) for r in rows)
+def table(rows: list[Row], args, opencv_version: str | None, commands: list[str] = ()) -> str:
+    """The Markdown table of ``rows``, after the commands that made them (earlier runs' commands
+    first when ``--update`` kept their rows)."""
+    columns = COLUMNS + ([("caffe2onnx", "caffe2onnx 2.0.1 b1")] if any("caffe2onnx" in r.cells for r in rows) else [])
+    ok = [r for r in rows if passes(r)]
+    per_repo = Counter(r.repository.split(" @")[0] for r in rows)
+    ok_repo = Counter(r.repository.split(" @")[0] for r in ok)
     lines = [
         "## The zoo: real deploy nets with seeded random weights",
         "",
-        f"Command: `.venv/bin/python benchmarks/zoo.py {' '.join(sys.argv[1:])}` (seed {args.seed}); "
-        f"machine: 2-core shared dev box, no GPU; date: {datetime.date(2026, 12, 7).isoformat()}; "
-        f"OpenCV: {opencv_version or 'not available'} (Debian python3-opencv, /usr/bin/python3).",
+        f"Machine: 2-core shared dev box, no GPU; date: {datetime.date(2026, 12, 7).isoformat()}; seed {args.seed}; "
+        f"OpenCV: {opencv_version or 'not available'} (Debian python3-opencv, /usr/bin/python3). "
+        "Commands (a later one replaces the rows of the nets it ran):",
         "",
-        f"{ok} of {len(rows)} nets inspect, build, export with a dynamic batch and with --fold-bn and match "
-        f"onnxruntime (rel <= {TOL:g}: largest |difference| over the outputs / largest |value|).",
+        *[f"- `{command}`" for command in commands],
+        "",
+        f"**{len(ok)} of {len(rows)} nets** inspect, build, export with a dynamic batch and with --fold-bn and match "
+        f"onnxruntime at batch 1 and 3 (rel <= {TOL:g}: largest |difference| over the outputs / largest |value|). "
+        "Per repository: " + ", ".join(f"{repo} {ok_repo[repo]}/{n}" for repo, n in sorted(per_repo.items())) + ".",
         "",
         "| net | repository | layers | " + " | ".join(title for _, title in columns) + " | export s |",
         "|" + "---|" * (len(columns) + 4),
     ]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r.repository.lower(), r.net.lower())):
         cells = [r.cells.get(key, "") for key, _ in columns]
         lines.append(f"| {r.net} | {r.repository} | {r.layers} | " + " | ".join(cells) + f" | {r.seconds} |")
     return "\n".join(lines) + "\n"
+
+
+def passes(row: Row) -> bool:
+    return all(row.cells.get(k, "").startswith(("✓", "skipped")) for k, _ in COLUMNS[:6])
+
+
+def read_table(out: Path) -> tuple[list[Row], list[str]]:
+    """The rows and commands of a table this script wrote into ``out`` (for ``--update``)."""
+    if not out.is_file():
+        return [], []
+    text = out.read_text()
+    text = text[text.index(MARKER):] if MARKER in text else text
+    commands = [line[3:-1] for line in text.splitlines() if line.startswith("- `") and "zoo.py" in line]
+    titles = {title: key for key, title in COLUMNS + [("caffe2onnx", "caffe2onnx 2.0.1 b1")]}
+    rows, header = [], None
+    for line in text.splitlines():
+        if not line.startswith("| "):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if cells[0] == "net":
+            header = cells
+            continue
+        if header is None or len(cells) != len(header):
+            continue
+        named = dict(zip(header, cells))
+        rows.append(Row(named["net"], named["repository"], named["layers"],
+                        {titles[t]: v for t, v in named.items() if t in titles and v}, named.get("export s", "")))
+    return rows, commands
 
 
 def main() -> None:
@@ -383,6 +418,8 @@ def main() -> None:
     parser.add_argument("--weights", choices=("calibrated", "he"), default="calibrated",
                         help="calibrated (default): He-normal, then scaled to a trained net's scale by one "
                              "seeded forward (see calibrate); he: He-normal only")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the rows of --out's table for the nets this run does not run")
     parser.add_argument("--only", default="", help="run only nets whose file name contains one of these (comma-separated)")
     parser.add_argument("--caffe2onnx", metavar="PYTHON", default=None,
                         help="the python of a caffe2onnx 2.0.1 venv (benchmarks/bench_caffe2onnx.py makes one): "
@@ -390,7 +427,14 @@ def main() -> None:
     args = parser.parse_args()
     version = opencv_available() if args.opencv else None
     args.opencv = bool(version)
-    rows = []
+    kept, commands = read_table(args.out) if args.update and args.out is not None else ([], [])
+    commands = commands + [f".venv/bin/python benchmarks/zoo.py {' '.join(sys.argv[1:])}"]
+    rows: list[Row] = []
+
+    def current() -> list[Row]:
+        ran = {(r.net, r.repository.split(" @")[0]) for r in rows}
+        return [r for r in kept if (r.net, r.repository.split(" @")[0]) not in ran] + rows
+
     with tempfile.TemporaryDirectory() as tmp:
         for repo_dir in sorted(p for p in args.folder.iterdir() if p.is_dir()):
             commit = (repo_dir / "COMMIT").read_text().strip() if (repo_dir / "COMMIT").is_file() else ""
@@ -407,9 +451,9 @@ def main() -> None:
                 rows.append(row)
                 print(f"{path.stem}: {row.cells} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
                 if args.out is not None:  # after every net: a long run stopped early keeps its rows
-                    write(args.out, table(rows, args, version))
+                    write(args.out, table(current(), args, version, commands))
     if args.out is None:
-        print(table(rows, args, version))
+        print(table(rows, args, version, commands))
 
 
 def write(out: Path, text: str) -> None:

@@ -71,6 +71,27 @@ def test_zoo_writes_its_table_with_the_command(tmp_path: Path, monkeypatch):
     assert "| deploy | someone/nets @abc1234 | 17 (" in text
 
 
+def test_zoo_update_keeps_the_rows_of_nets_it_did_not_run(tmp_path: Path, monkeypatch):
+    """--update: a second run on another folder adds its rows and command; running a net again
+    replaces its row instead of adding one."""
+    for repo in ("a+nets", "b+nets"):
+        folder = tmp_path / repo / repo
+        folder.mkdir(parents=True)
+        shutil.copy(FORKS / "forks.prototxt", folder / f"{repo[0]}_deploy.prototxt")
+    out = tmp_path / "zoo.md"
+    out.write_text(f"prose kept\n{zoo.MARKER}\nold table\n")
+    for repo in ("a+nets", "b+nets", "a+nets"):
+        monkeypatch.setattr(sys, "argv", ["zoo.py", str(tmp_path / repo), "--out", str(out), "--no-opencv", "--update"])
+        zoo.main()
+    text = out.read_text()
+    assert text.startswith("prose kept\n") and "old table" not in text
+    assert "2 of 2 nets" in text and "a/nets 1/1, b/nets 1/1" in text
+    assert text.count("| a_deploy | a/nets |") == 1 and text.count("| b_deploy | b/nets |") == 1
+    assert sum(line.startswith("- `.venv/bin/python benchmarks/zoo.py") for line in text.splitlines()) == 3
+    rows, _ = zoo.read_table(out)
+    assert all(zoo.passes(row) for row in rows) and rows[0].cells["ort3"].startswith("✓ ")
+
+
 @needs_opencv
 def test_opencv_agrees_on_fork_fields_it_reads(tmp_path: Path):
     """ceil_mode both ways, ReLU6, ConvolutionDepthwise and Axpy: OpenCV's own code agrees."""
