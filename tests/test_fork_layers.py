@@ -207,7 +207,8 @@ def test_interp_matches_pspnets_loops(h, w, zoom, shrink, pad_beg, pad_end):
 def test_interp_rejects_growing_pads_and_no_size():
     with pytest.raises(CaffeCompatError, match="non-positive pad_beg"):
         _layer('name: "i" type: "Interp" interp_param { zoom_factor: 2 pad_beg: 1 }', (1, 1, 4, 4))
-    with pytest.raises(CaffeCompatError, match="give zoom_factor, shrink_factor, both height and width, or use_blob_size"):
+    with pytest.raises(CaffeCompatError,
+                       match="give zoom_factor, shrink_factor, both height and width, or use_blob_size"):
         _layer('name: "i" type: "Interp" interp_param { height: 3 }', (1, 1, 4, 4))
 
 
@@ -408,7 +409,8 @@ def test_selu_dropout_is_the_identity_in_test_and_alpha_dropout_in_train():
 
 def test_selu_dropout_rejects_ratios_caffe_priv_rejects():
     for ratio in (0, 1):
-        with pytest.raises(CaffeCompatError, match=r"layer 'd' \(type SeLuDropout\): dropout_ratio must be in \(0, 1\)"):
+        with pytest.raises(CaffeCompatError,
+                           match=r"layer 'd' \(type SeLuDropout\): dropout_ratio must be in \(0, 1\)"):
             _layer(f'name: "d" type: "SeLuDropout" selu_dropout_param {{ dropout_ratio: {ratio} }}', (1, 2, 3, 3))
 
 
