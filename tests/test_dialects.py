@@ -326,3 +326,4 @@ def test_priv_fields_name_their_dialect_when_unknown():
     assert dialects.knowing("InterpParameter", "use_blob_size") == ["priv"]
     assert dialects.knowing("LayerParameter", "selu_dropout_param") == ["priv"]
     assert dialects.defining("SeLuDropout") == ["priv"]
+    assert dialects.knowing("LayerParameter", "roi_pooling_param") == ["priv"]  # its FPN nets' next step
