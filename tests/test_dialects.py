@@ -287,3 +287,43 @@ def test_segnet_bn_keeps_its_fields_beside_a_pspnet_interp(tmp_path: Path):
     read = read_caffemodel(path).layer[1].bn_param
     assert read.bn_mode == caffe_pb2.BNParameter.INFERENCE and read.scale_filler.value == 2
     assert not dialects.is_pspnet_bn(read)
+
+
+# soeaver's caffe-priv: interp_param at 20001 (143 is BVLC's input_param there); selu_param 1001
+# and selu_dropout_param 1002 are free in BVLC and keep their numbers.
+PRIV = [("LayerParameter", "interp_param", 20001)]
+
+
+def test_priv_caffemodel_is_read_with_its_meaning_and_round_trips(tmp_path: Path):
+    fork = fork_net_class(PRIV)()
+    fork.layer.add(name="data", type="Input").input_param.shape.add(dim=[1, 2, 4, 4])
+    selu = fork.layer.add(name="selu", type="SeLu")
+    setattr(selu.selu_param, "lambda", 2.0)
+    fork.layer.add(name="drop", type="SeLuDropout").selu_dropout_param.dropout_ratio = 0.05
+    up = fork.layer.add(name="up", type="Interp")
+    up.interp_param.use_blob_size = True
+    up.interp_param.pad_beg = -1
+    path = tmp_path / "priv.caffemodel"
+    raw = fork.SerializeToString()
+    path.write_bytes(raw)
+    assert caffemodel_dialect(path) == "priv"
+    net = read_caffemodel(path)
+    assert list(net.layer[0].input_param.shape[0].dim) == [1, 2, 4, 4]
+    assert getattr(net.layer[1].selu_param, "lambda") == 2.0
+    assert net.layer[2].selu_dropout_param.dropout_ratio == pytest.approx(0.05)
+    assert net.layer[3].interp_param.use_blob_size and net.layer[3].interp_param.pad_beg == -1
+    # written without a template: its SeLu layers and use_blob_size choose caffe-priv's numbers
+    write_caffemodel(tmp_path / "back.caffemodel", net)
+    assert (tmp_path / "back.caffemodel").read_bytes() == raw
+    # a PSPNet-style Interp alone still goes to 143, where PSPNet's Caffe reads it
+    psp = caffe_pb2.NetParameter()
+    psp.layer.add(name="zoom", type="Interp").interp_param.zoom_factor = 2
+    write_caffemodel(tmp_path / "psp.caffemodel", psp)
+    assert caffemodel_dialect(tmp_path / "psp.caffemodel") == "pspnet"
+
+
+def test_priv_fields_name_their_dialect_when_unknown():
+    assert dialects.knowing("InterpParameter", "use_blob_size") == ["priv"]
+    assert dialects.knowing("LayerParameter", "selu_dropout_param") == ["priv"]
+    assert dialects.defining("SeLuDropout") == ["priv"]
+    assert dialects.knowing("LayerParameter", "roi_pooling_param") == ["priv"]  # its FPN nets' next step

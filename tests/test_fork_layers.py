@@ -207,7 +207,8 @@ def test_interp_matches_pspnets_loops(h, w, zoom, shrink, pad_beg, pad_end):
 def test_interp_rejects_growing_pads_and_no_size():
     with pytest.raises(CaffeCompatError, match="non-positive pad_beg"):
         _layer('name: "i" type: "Interp" interp_param { zoom_factor: 2 pad_beg: 1 }', (1, 1, 4, 4))
-    with pytest.raises(CaffeCompatError, match="give zoom_factor, shrink_factor, or both height and width"):
+    with pytest.raises(CaffeCompatError,
+                       match="give zoom_factor, shrink_factor, both height and width, or use_blob_size"):
         _layer('name: "i" type: "Interp" interp_param { height: 3 }', (1, 1, 4, 4))
 
 
@@ -343,3 +344,125 @@ def test_pspnet_bn_net_matches_onnxruntime_at_batch_1_and_3(fold_bn: bool):
             ours = net({"data": torch.from_numpy(x)})["out"].numpy()
         got = session.run(["out"], {"data": x})[0]
         assert np.abs(got - ours).max() <= 1e-4 * np.abs(ours).max()
+
+
+# ------------------------------------------------------------------ caffe-priv: SeLu, SeLuDropout, use_blob_size
+
+
+def priv_selu(x: np.ndarray, lam: float, alpha: float) -> np.ndarray:
+    """soeaver/py-RFCN-priv @ec89b86 selu_layer.cpp Forward_cpu, in float32."""
+    lam, alpha = np.float32(lam), np.float32(alpha)
+    with np.errstate(over="ignore"):  # the unselected exp of a large x, as in Caffe's loop
+        return np.where(x > 0, lam * x, lam * alpha * (np.exp(x) - np.float32(1))).astype(np.float32)
+
+
+def priv_selu_dropout(x: np.ndarray, mask: np.ndarray, ratio: float, alpha: float) -> np.ndarray:
+    """selu_dropout_layer.cpp LayerSetUp and Forward_cpu (TRAIN) for a given keep mask, in float32."""
+    threshold, alpha = np.float32(ratio), np.float32(alpha)
+    q = np.float32(1) - threshold
+    a = np.float32(np.float32(q * (np.float32(1) + alpha * alpha * (np.float32(1) - q))) ** np.float32(-0.5))
+    b = -a * (np.float32(1) - q) * alpha
+    return (a * np.where(mask, x, alpha) + b).astype(np.float32)
+
+
+@pytest.mark.parametrize("fields, lam, alpha", [("", 1.050700987, 1.67326324),
+                                                ("selu_param { lambda: 2 alpha: 0.5 }", 2.0, 0.5)])
+def test_selu_matches_caffe_priv_and_its_gradient(fields: str, lam: float, alpha: float):
+    x = (_rng(3).standard_normal((2, 3, 4, 5)) * 3).astype(np.float32)
+    x[0, 0, 0, :3] = [0.0, 100.0, -100.0]  # the boundary and the saturated ends
+    layer = _layer(f'name: "s" type: "SeLu" {fields}', x.shape)
+    t = torch.from_numpy(x).requires_grad_()
+    y = layer(t)[0]
+    np.testing.assert_allclose(y.detach().numpy(), priv_selu(x, lam, alpha), rtol=1e-6, atol=1e-7)
+    y.sum().backward()
+    with np.errstate(over="ignore"):
+        grad = np.where(x > 0, lam, lam * alpha * np.exp(x))  # Backward_cpu
+    np.testing.assert_allclose(t.grad.numpy(), grad, rtol=1e-6, atol=1e-7)
+    assert np.isfinite(t.grad.numpy()).all()
+
+
+def test_selu_dropout_is_the_identity_in_test_and_alpha_dropout_in_train():
+    x = _rng(4).standard_normal((4, 8, 16, 16)).astype(np.float32)
+    text = 'name: "d" type: "SeLuDropout" selu_dropout_param { dropout_ratio: 0.2 }'
+    assert torch.equal(_layer(text, x.shape)(torch.from_numpy(x))[0], torch.from_numpy(x))
+    param = caffe_pb2.LayerParameter()
+    from google.protobuf import text_format
+
+    text_format.Parse(text, param)
+    layer = layer_class(param)(param, [x.shape], TRAIN)
+    torch.manual_seed(1)
+    t = torch.from_numpy(x).requires_grad_()
+    y = layer(t)[0]
+    y.sum().backward()
+    # the kept values are where the gradient is nonzero (the gradient is a there, 0 where dropped)
+    kept = t.grad.numpy() != 0
+    assert 0.75 < kept.mean() < 0.85
+    np.testing.assert_allclose(y.detach().numpy(), priv_selu_dropout(x, kept, 0.2, -1.75809934), rtol=1e-6, atol=1e-6)
+    one, zero, keep = np.ones(1, np.float32), np.zeros(1, np.float32), np.ones(1, bool)
+    a = priv_selu_dropout(one, keep, 0.2, -1.75809934) - priv_selu_dropout(zero, keep, 0.2, -1.75809934)
+    np.testing.assert_allclose(np.unique(t.grad.numpy()[kept]), a, rtol=1e-6)  # Backward_cpu: a where kept
+    # a normal input keeps (about) zero mean and unit variance: the point of the correction
+    z = torch.randn(200_000)
+    out = layer(z)[0]
+    assert abs(float(out.mean())) < 0.02 and abs(float(out.std()) - 1.0) < 0.02
+
+
+def test_selu_dropout_rejects_ratios_caffe_priv_rejects():
+    for ratio in (0, 1):
+        with pytest.raises(CaffeCompatError,
+                           match=r"layer 'd' \(type SeLuDropout\): dropout_ratio must be in \(0, 1\)"):
+            _layer(f'name: "d" type: "SeLuDropout" selu_dropout_param {{ dropout_ratio: {ratio} }}', (1, 2, 3, 3))
+
+
+@pytest.mark.parametrize("pad", [0, -1])
+def test_interp_use_blob_size_takes_the_second_bottoms_height_and_width(pad: int):
+    x = _rng(5).standard_normal((2, 3, 5, 4))
+    ref = np.zeros((2, 7, 9, 11))
+    layer = _layer(f'name: "i" type: "Interp" interp_param {{ use_blob_size: true pad_beg: {pad} pad_end: {pad} }}',
+                   x.shape, ref.shape)
+    assert layer.top_shapes() == [(2, 3, 9, 11)]
+    got = layer(torch.from_numpy(x), torch.from_numpy(ref))[0].numpy()
+    cropped = x[..., -pad: 5 + pad, -pad: 4 + pad]
+    np.testing.assert_allclose(got, caffe_interp(cropped, 9, 11), rtol=1e-9, atol=1e-12)
+
+
+def test_interp_use_blob_size_needs_a_second_bottom():
+    with pytest.raises(CaffeCompatError, match=r"layer 'i' \(type Interp\): use_blob_size takes the output size "
+                                               r"from a second bottom, but the layer has one"):
+        _layer('name: "i" type: "Interp" interp_param { use_blob_size: true }', (1, 1, 4, 4))
+
+
+PRIV_NET = """
+name: "priv"
+input: "data"
+input_shape { dim: 2 dim: 3 dim: 12 dim: 10 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "selu" type: "SeLu" bottom: "conv" top: "conv" }
+layer { name: "drop" type: "SeLuDropout" bottom: "conv" top: "conv" selu_dropout_param { dropout_ratio: 0.1 } }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "up" type: "Interp" bottom: "pool" bottom: "conv" top: "up" interp_param { use_blob_size: true } }
+layer { name: "sum" type: "Eltwise" bottom: "up" bottom: "conv" top: "sum" }
+layer { name: "out" type: "SeLu" bottom: "sum" top: "out" selu_param { lambda: 1.5 alpha: 0.7 } }
+"""
+
+
+def _priv_net(batch: int, height: int = 12) -> CaffeNet:
+    torch.manual_seed(0)
+    text = PRIV_NET.replace("dim: 2 dim: 3 dim: 12", f"dim: {batch} dim: 3 dim: {height}")
+    return CaffeNet(parse_net_text(text), phase=TEST)
+
+
+def test_priv_net_matches_onnxruntime_at_batch_1_and_3():
+    model, _, _ = net_to_onnx(_priv_net(2), dynamic_batch=True)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"Selu", "Resize"} <= ops
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        net = _priv_net(batch)
+        x = _rng(batch).standard_normal((batch, 3, 12, 10)).astype(np.float32)
+        with torch.no_grad():
+            ours = net({"data": torch.from_numpy(x)})["out"].numpy()
+        got = session.run(["out"], {"data": x})[0]
+        assert got.shape == (batch, 4, 12, 10)
+        assert np.abs(got - ours).max() <= 1e-5 * np.abs(ours).max()

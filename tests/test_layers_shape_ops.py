@@ -54,7 +54,9 @@ def test_reshape_follows_the_batch_size_at_forward():
     "text, match",
     [
         ("shape { dim: -1 dim: -1 }", "more than one -1"),
-        ("shape { dim: 7 dim: -1 }", "cannot infer"),
+        ("shape { dim: 7 dim: -1 }", r"cannot infer the -1 .*: its count 24 is not divisible by 7, the product "
+                                     r"of the other dimensions \(7\)"),
+        ("shape { dim: 0 dim: 5 dim: -1 }", r"its count 24 is not divisible by 10, .*\(2x5\); Caffe refuses it too"),
         ("shape { dim: 5 dim: 5 }", "changes the count"),
         ("shape { dim: 0 dim: 0 dim: 0 dim: 0 }", "lacks"),
         ("shape { dim: 1 } axis: 1 num_axes: 5", "go past"),

@@ -118,18 +118,21 @@ def dialect_of_net(net: caffe_pb2.NetParameter, requested: str | None = None) ->
     """The dialect to write ``net`` in: ``requested`` (or ``--dialect``), else the moves its
     fork fields need: ``ceil_mode`` -> opencv's, ``upsample_param`` -> segnet's (the layer's
     origin; ENet's caffe numbers it 147: pass ``enet``), ``interp_param`` or a BN layer with
-    PSPNet's ``bn_param`` fields -> pspnet's (bn_param at 152). Their
+    PSPNet's ``bn_param`` fields -> pspnet's (bn_param at 152), but a net with caffe-priv's
+    ``use_blob_size`` or ``SeLu`` / ``SeLuDropout`` layers -> priv's (interp_param at 20001). Their
     moves touch different layer types, so one file can carry several."""
     requested = requested or dialects.selected()
     if requested is not None:
         return dialects.get(requested)
-    needed: set[str] = set()
+    priv = any(layer.type in ("SeLu", "SeLuDropout") or layer.interp_param.use_blob_size for layer in net.layer)
+    needed: set[str] = {"priv"} if priv else set()
     for layer in net.layer:
         if layer.HasField("pooling_param") and layer.pooling_param.HasField("ceil_mode"):
             needed.add("opencv")
         if layer.HasField("upsample_param"):
             needed.add("segnet")
-        if layer.HasField("interp_param") or (layer.type == "BN" and dialects.is_pspnet_bn(layer.bn_param)):
+        if (layer.HasField("interp_param") and not priv) or (
+                layer.type == "BN" and dialects.is_pspnet_bn(layer.bn_param)):
             needed.add("pspnet")
     if not needed:
         return dialects.get("bvlc")

@@ -89,6 +89,20 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
          Move((_PSP_BN_PARAM,), 3, 1003, frozenset({"BN"}))),
     ),
     Dialect(
+        # soeaver's caffe-priv (the py-RFCN-priv repository's caffe-priv/), which the nets of
+        # soeaver/caffe-model need: DeepLab's Interp at 20001 with use_blob_size, SeLu, SeLuDropout.
+        "priv", "soeaver/py-RFCN-priv (caffe-priv) @ec89b86",
+        # roi_pooling_param (147 there, BVLC's swish_param) is named so that its error names the
+        # fork; its layer is not read yet.
+        {"LayerParameter": frozenset({"interp_param", "selu_param", "selu_dropout_param", "roi_pooling_param"}),
+         "InterpParameter": frozenset({"height", "width", "zoom_factor", "shrink_factor", "pad_beg", "pad_end",
+                                       "use_blob_size"}),
+         "SeLuParameter": frozenset({"lambda", "alpha"}),
+         "SeLuDropoutParameter": frozenset({"dropout_ratio", "alpha"})},
+        frozenset({"Interp", "SeLu", "SeLuDropout"}),
+        (Move((), 20001, 2143, frozenset({"Interp"})),),
+    ),
+    Dialect(
         "opencv", "opencv/opencv modules/dnn/src/caffe/opencv-caffe.proto @036f721",
         # OpenCV's res10 SSD face detector (samples/dnn/face_detector/deploy.prototxt) sets
         # detection_output_param { clip: 1 }, a field weiliu89's DetectionOutputParameter lacks.

@@ -5,6 +5,10 @@ the layer of DeepLab v2's caffe: the bottom is cropped by -pad_beg / -pad_end (n
 pads only), then resized so the corner pixels map to corner pixels
 (source = out_index * (in - 1) / (out - 1)). The output size is ``height`` x ``width``, or from
 ``zoom_factor`` (in + (in - 1) * (zoom - 1)) and/or ``shrink_factor`` ((in - 1) / shrink + 1).
+
+soeaver's caffe-priv (soeaver/py-RFCN-priv @ec89b86, caffe-priv/src/caffe/layers/interp_layer.cpp)
+adds ``use_blob_size``: the output takes the height and width of a second bottom (its FPN nets
+resize a coarse level to the next finer one); it is checked first, before the factors.
 """
 
 from __future__ import annotations
@@ -31,8 +35,13 @@ class Interp(Layer):
         self.shrink = int(p.shrink_factor) if p.HasField("shrink_factor") else None
         self.zoom = int(p.zoom_factor) if p.HasField("zoom_factor") else None
         self.fixed = (int(p.height), int(p.width)) if p.HasField("height") and p.HasField("width") else None
-        if self.shrink is None and self.zoom is None and self.fixed is None:
-            raise self.fail("give zoom_factor, shrink_factor, or both height and width")
+        self.use_blob_size = bool(p.use_blob_size)
+        if self.use_blob_size and len(self.bottom_shapes) < 2:
+            raise self.fail("use_blob_size takes the output size from a second bottom, but the layer has one")
+        if self.use_blob_size and len(self.bottom_shapes[1]) != 4:
+            raise self.fail(f"use_blob_size needs a 4-axis second bottom, got {self.bottom_shapes[1]}")
+        if self.shrink is None and self.zoom is None and self.fixed is None and not self.use_blob_size:
+            raise self.fail("give zoom_factor, shrink_factor, both height and width, or use_blob_size")
         if (self.shrink is not None and self.shrink < 1) or (self.zoom is not None and self.zoom < 1):
             raise self.fail("zoom_factor and shrink_factor must be >= 1")
         self.top_shapes()
@@ -51,14 +60,14 @@ class Interp(Layer):
         n, c, h, w = self.bottom_shapes[0]
         if min(h + self.pad_beg + self.pad_end, w + self.pad_beg + self.pad_end) <= 0:
             raise self.fail(f"the crop pad_beg {self.pad_beg}, pad_end {self.pad_end} leaves nothing of {h}x{w}")
-        out = self.out_size(h, w)
+        out = tuple(self.bottom_shapes[1][2:]) if self.use_blob_size else self.out_size(h, w)
         if min(out) <= 0:
             raise self.fail(f"output size {out} must be positive")
         return [(n, c, *out)]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+    def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor]:
         h, w = x.shape[-2], x.shape[-1]
-        out = self.out_size(h, w)
+        out = (rest[0].shape[-2], rest[0].shape[-1]) if self.use_blob_size else self.out_size(h, w)
         if self.pad_beg or self.pad_end:
             x = x[..., -self.pad_beg : h + self.pad_end, -self.pad_beg : w + self.pad_end]
         if tuple(x.shape[-2:]) == out:

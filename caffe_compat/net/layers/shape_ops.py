@@ -98,7 +98,12 @@ class Reshape(Layer):
         if -1 in new:
             known = math.prod([d for d in top if d != -1])
             if known == 0 or count % known:
-                raise self.fail(f"cannot infer the -1 in shape {self.dims} for a bottom of shape {bottom}")
+                # BVLC's reshape_layer.cpp refuses it too (CHECK_EQ(0, count % explicit_count))
+                others = "x".join(str(d) for d in top if d != -1)
+                raise self.fail(
+                    f"cannot infer the -1 in shape {self.dims} for a bottom of shape {bottom}: its count {count} is "
+                    f"not divisible by {known}, the product of the other dimensions ({others}); Caffe refuses it too"
+                )
             top[top.index(-1)] = count // known
         if math.prod(top) != count:
             raise self.fail(f"reshape {bottom} -> {tuple(top)} changes the count ({count} vs {math.prod(top)})")

@@ -1,5 +1,6 @@
 """The forks' layers (caffe_compat.net.layers.fork_*): BN, Upsample, Axpy, ShuffleChannel,
-Interp, ReLU6 and the depthwise convolutions. Batch sizes come from the tensors (dynamic batch)."""
+Interp, ReLU6, the depthwise convolutions and caffe-priv's SeLu and SeLuDropout. Batch sizes
+come from the tensors (dynamic batch)."""
 
 from __future__ import annotations
 
@@ -89,7 +90,8 @@ def shuffle_channel(e: Emit) -> None:
 
 @add_converter("Interp")
 def interp(e: Emit) -> None:
-    """Slice away the crop, then Resize (linear, align_corners) to Caffe's output size."""
+    """Slice away the crop, then Resize (linear, align_corners) to Caffe's output size, or with
+    caffe-priv's use_blob_size to the second bottom's height and width read at run time."""
     layer = e.layer
     n, c, h, w = e.shape()
     e.static([2, 3], why="its output size")
@@ -97,12 +99,29 @@ def interp(e: Emit) -> None:
     if layer.pad_beg or layer.pad_end:
         x = e.node("Slice", [x, e.ints("starts", [-layer.pad_beg] * 2),
                              e.ints("ends", [h + layer.pad_end, w + layer.pad_end]), e.ints("axes", [2, 3])])
+    if layer.use_blob_size:
+        sizes = e.node("Concat", [e.dims(0, [0, 1]), e.dims(1, [2, 3])], axis=0)
+        e.node("Resize", [x, "", "", sizes], top=0, mode="linear", coordinate_transformation_mode="align_corners")
+        return
     out = layer.out_size(h, w)
     if out == (h + layer.pad_beg + layer.pad_end, w + layer.pad_beg + layer.pad_end):
         e.node("Identity", [x], top=0)
         return
     sizes = e.node("Concat", [e.dims(0, [0, 1]), e.ints("size", list(out))], axis=0)
     e.node("Resize", [x, "", "", sizes], top=0, mode="linear", coordinate_transformation_mode="align_corners")
+
+
+@add_converter("SeLu")
+def selu(e: Emit) -> None:
+    """ONNX Selu is gamma * x for x > 0, gamma * alpha * (exp(x) - 1) otherwise: caffe-priv's
+    lambda and alpha."""
+    e.node("Selu", [e.bottom()], top=0, alpha=e.layer.alpha, gamma=e.layer.lam)
+
+
+@add_converter("SeLuDropout")
+def selu_dropout(e: Emit) -> None:
+    """The identity: export is the TEST phase."""
+    e.node("Identity", [e.bottom()], top=0)
 
 
 @add_converter("ReLU6")
