@@ -160,12 +160,30 @@ def short(exc: BaseException) -> str:
     return "✗ " + text.replace("|", "/")[:150]
 
 
+def feed(net: CaffeNet, name: str, rng: np.random.Generator) -> np.ndarray:
+    """A seeded value for input ``name``: N(0, 1), except that an (R, 5) input named like
+    ``rois`` gets valid ROIs [batch_index, x1, y1, x2, y2]: index below the first 4-axis input's
+    batch, x1 <= x2 < W and y1 <= y2 < H of that input in image pixels (its size over the
+    ``spatial_scale`` of the layer pooling the ROIs; detection nets' second halves)."""
+    shape = net.blob_shapes[name]
+    images = [net.blob_shapes[n] for n in net.input_names if len(net.blob_shapes[n]) == 4]
+    if "roi" not in name.lower() or len(shape) != 2 or shape[1] != 5 or not images:
+        return rng.standard_normal(shape).astype(np.float32)
+    scales = [s.layer.spatial_scale for s in net.steps if name in s.bottoms and hasattr(s.layer, "spatial_scale")]
+    batch, _, height, width = images[0]
+    height, width = height / (scales or [1.0])[0], width / (scales or [1.0])[0]
+    x = np.sort(rng.uniform(0, width - 1, (shape[0], 2)), axis=1)
+    y = np.sort(rng.uniform(0, height - 1, (shape[0], 2)), axis=1)
+    index = rng.integers(0, batch, shape[0])
+    return np.stack([index, x[:, 0], y[:, 0], x[:, 1], y[:, 1]], 1).astype(np.float32)
+
+
 def ours_at(param: caffe_pb2.NetParameter, weights: Path, batch: int, names: list[str], seed: int):
     """Our outputs at ``batch`` on a seeded N(0, 1) input, and that input."""
     net = CaffeNet(at_batch(param, batch), phase=TEST)
     net.copy_from(weights)
     rng = np.random.default_rng(seed + batch)
-    feeds = {name: rng.standard_normal(net.blob_shapes[name]).astype(np.float32) for name in net.input_names}
+    feeds = {name: feed(net, name, rng) for name in net.input_names}
     with torch.no_grad():
         out = net({k: torch.from_numpy(v) for k, v in feeds.items()}, blobs=names)
     return {k: v.float().numpy() for k, v in out.items()}, feeds
