@@ -61,6 +61,10 @@ _SEGNET_ENET_FIELDS = {
                                     "upsample_h", "upsample_w"}),
 }
 
+_FAST_RCNN_LAYER_FIELDS = frozenset({"roi_pooling_param", "smooth_l1_loss_param"})
+_ROI_FIELDS = frozenset({"pooled_h", "pooled_w", "spatial_scale"})
+_PSROI_FIELDS = frozenset({"spatial_scale", "output_dim", "group_size"})
+
 DIALECTS: dict[str, Dialect] = {d.name: d for d in (
     Dialect("bvlc", "BVLC/caffe @9b89154"),
     Dialect(
@@ -131,6 +135,34 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
     Dialect(
         "depthwise", "yonghenglh6/DepthwiseConvolution @2b9cf52", {},
         frozenset({"DepthwiseConvolution", "ConvolutionDepthwise"}),
+    ),
+    # py-faster-rcnn's caffe (its caffe-fast-rcnn submodule's commit): roi_pooling_param and
+    # smooth_l1_loss_param at 8266711 and 8266712, free in BVLC, so nothing moves.
+    Dialect(
+        "fast-rcnn", "rbgirshick/caffe-fast-rcnn @0dcd397",
+        {"LayerParameter": _FAST_RCNN_LAYER_FIELDS, "ROIPoolingParameter": _ROI_FIELDS,
+         "SmoothL1LossParameter": frozenset({"sigma"})},
+        frozenset({"ROIPooling", "SmoothL1Loss"}),
+    ),
+    # R-FCN's caffe: psroi_pooling_param 10001 and box_annotator_ohem_param 10000, free in BVLC.
+    Dialect(
+        "rfcn", "daijifeng001/caffe-rfcn @543f8f6",
+        {"LayerParameter": _FAST_RCNN_LAYER_FIELDS | {"psroi_pooling_param", "box_annotator_ohem_param"},
+         "ROIPoolingParameter": _ROI_FIELDS, "PSROIPoolingParameter": _PSROI_FIELDS,
+         "BoxAnnotatorOHEMParameter": frozenset({"roi_per_img", "ignore_label"})},
+        frozenset({"ROIPooling", "SmoothL1Loss", "PSROIPooling", "BoxAnnotatorOHEM"}),
+    ),
+    # soeaver/caffe-model's detection nets come from soeaver/py-RFCN-priv's caffe-priv, which
+    # numbers roi_pooling_param 147 and psroi_pooling_param 148 (BVLC's swish_param and
+    # clip_param; caffe-enet's upsample_param 147 is told apart by its Upsample layer).
+    Dialect(
+        "rfcn-priv", "soeaver/py-RFCN-priv @ec89b86",
+        {"LayerParameter": _FAST_RCNN_LAYER_FIELDS | {"psroi_pooling_param", "box_annotator_ohem_param",
+                                                      "deformable_psroi_pooling_param"},
+         "ROIPoolingParameter": _ROI_FIELDS, "PSROIPoolingParameter": _PSROI_FIELDS},
+        frozenset({"ROIPooling", "SmoothL1Loss", "PSROIPooling", "BoxAnnotatorOHEM", "DeformablePSROIPooling"}),
+        (Move((), 147, 8266711, frozenset({"ROIPooling"})),
+         Move((), 148, 10001, frozenset({"PSROIPooling"}))),
     ),
 )}
 
