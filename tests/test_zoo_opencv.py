@@ -1,7 +1,7 @@
 """benchmarks/zoo.py on small nets of our own, with OpenCV's Caffe importer as the oracle.
 
 OpenCV 4.6 (Debian's python3-opencv, run by /usr/bin/python3) reads ``ceil_mode``, ``ReLU6``,
-``ConvolutionDepthwise`` and ``Axpy``; the OpenCV checks skip cleanly where it is not installed.
+``ConvolutionDepthwise``, ``Axpy``, ``ROIPooling`` and ``PSROIPooling``; the OpenCV checks skip cleanly where it is not installed.
 """
 
 from __future__ import annotations
@@ -15,6 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from test_fork_rcnn import random_rois
+
+from caffe_compat.io.caffemodel import write_caffemodel
+from caffe_compat.io.prototxt import parse_net_text, read_net
+from caffe_compat.net.builder import CaffeNet
 
 ROOT = Path(__file__).resolve().parents[1]
 FORKS = ROOT / "tests" / "fixtures" / "forks"
@@ -129,3 +135,59 @@ def test_calibrated_batchnorm_normalises_its_input(tmp_path: Path):
         out = net.forward(feeds, blobs=["bn"])["bn"].double()
     assert torch.allclose(out.mean((0, 2, 3)), torch.zeros(5, dtype=torch.float64), atol=1e-4)
     assert torch.allclose(out.var((0, 2, 3)), torch.ones(5, dtype=torch.float64), atol=1e-2)
+
+
+RCNN = """
+name: "rcnn_half"
+input: "data" input_shape { dim: 1 dim: 3 dim: 24 dim: 20 }
+input: "rois" input_shape { dim: 6 dim: 5 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "features"
+  convolution_param { num_output: 18 kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "roi_pool" type: "ROIPooling" bottom: "features" bottom: "rois" top: "pooled"
+  roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.25 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pooled" top: "fc" inner_product_param { num_output: 4 } }
+layer { name: "psroi" type: "PSROIPooling" bottom: "features" bottom: "rois" top: "ps"
+  psroi_pooling_param { spatial_scale: 0.25 output_dim: 2 group_size: 3 } }
+layer { name: "vote" type: "Pooling" bottom: "ps" top: "vote" pooling_param { pool: AVE global_pooling: true } }
+"""
+
+
+def test_zoo_feeds_valid_rois(tmp_path: Path):
+    """An (R, 5) input named rois gets [index < batch, x1 <= x2, y1 <= y2] inside the image
+    (the 4-axis input's 24 x 20 over the pooling layers' spatial_scale 0.25), seeded, at the
+    batch asked for; other inputs stay N(0, 1)."""
+    net = CaffeNet(zoo.at_batch(parse_net_text(RCNN), 3))
+    rois = zoo.feed(net, "rois", np.random.default_rng(0))
+    assert rois.shape == (3, 5) and rois.dtype == np.float32
+    assert set(rois[:, 0]) <= {0.0, 1.0, 2.0}
+    assert (rois[:, 1] <= rois[:, 3]).all() and (rois[:, 2] <= rois[:, 4]).all()
+    assert rois[:, 1:].min() >= 0 and (rois[:, [1, 3]] <= 4 * 20 - 1).all() and (rois[:, [2, 4]] <= 4 * 24 - 1).all()
+    np.testing.assert_array_equal(rois, zoo.feed(net, "rois", np.random.default_rng(0)))
+    assert zoo.feed(net, "data", np.random.default_rng(0)).shape == (3, 3, 24, 20)
+
+
+@needs_opencv
+def test_opencv_agrees_on_region_pooling(tmp_path: Path):
+    """ROIPooling and PSROIPooling: OpenCV's own code gives our numbers on valid ROIs (the zoo
+    row) and on ROIs outside the map, malformed or on rounding halves (the direct call)."""
+    prototxt = tmp_path / "rcnn.prototxt"
+    prototxt.write_text(RCNN)
+    row = zoo.one_net(prototxt, "ours", tmp_path, _args(True))
+    assert row.layers == "6 (PSROIPooling, ROIPooling)"
+    assert all(row.cells[key].startswith("✓ ") for key in ("ort1", "ort3", "fold", "opencv")), row.cells
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, 24, 20)).astype(np.float32)
+    rois = random_rois(rng, 40, 1, 96, 80)
+    text = RCNN.replace("dim: 6 dim: 5", "dim: 40 dim: 5")
+    prototxt.write_text(text)
+    net = CaffeNet(read_net(prototxt))
+    zoo.randomise(net, 0)
+    write_caffemodel(tmp_path / "w.caffemodel", net.to_net_parameter())
+    with torch.no_grad():
+        ours = net({"data": torch.from_numpy(x), "rois": torch.from_numpy(rois)}, blobs=["pooled", "ps"])
+    got, error = oracle.opencv_forward(prototxt, tmp_path / "w.caffemodel", {"data": x, "rois": rois},
+                                       extra_layers=["roi_pool", "psroi"])
+    assert error is None
+    np.testing.assert_allclose(got["roi_pool"], ours["pooled"].numpy(), rtol=1e-5, atol=1e-6)  # after a conv
+    np.testing.assert_allclose(got["psroi"], ours["ps"].numpy(), rtol=1e-5, atol=1e-6)
+    assert (ours["ps"] == 0).any() and (ours["pooled"] == 0).any()
