@@ -62,7 +62,7 @@ class _RegionPooling(Layer):
         is an error, as Caffe's CHECKs."""
         rois = rois.reshape(rois.shape[0], 5).float()
         index = rois[:, 0].long()  # C's float -> int conversion truncates
-        if not torch.jit.is_tracing() and index.numel() and (index.min() < 0 or index.max() >= batch):
+        if index.numel() and (index.min() < 0 or index.max() >= batch):
             raise self.fail(f"a ROI's batch index is outside the {batch} images of the features")
         return index, rois[:, 1:]
 
