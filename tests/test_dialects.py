@@ -292,6 +292,7 @@ def test_segnet_bn_keeps_its_fields_beside_a_pspnet_interp(tmp_path: Path):
 # soeaver/py-RFCN-priv's caffe-priv numbers roi_pooling_param 147 and psroi_pooling_param 148
 # (BVLC's swish_param and clip_param; caffe-fast-rcnn's and caffe-rfcn's 8266711 and 10001).
 RFCN_PRIV = [("LayerParameter", "roi_pooling_param", 147), ("LayerParameter", "psroi_pooling_param", 148)]
+RFCN = [("LayerParameter", "psroi_pooling_param", 10001)]
 
 RCNN_DEPLOY = """
 name: "rcnn"
@@ -321,10 +322,11 @@ def _fork_rcnn_caffemodel(path: Path, moves) -> bytes:
     return raw
 
 
-@pytest.mark.parametrize("moves, name", [(RFCN_PRIV, "rfcn-priv"), ([], "bvlc")])
+@pytest.mark.parametrize("moves, name", [(RFCN_PRIV, "rfcn-priv"), (RFCN, "rfcn")])
 def test_rcnn_caffemodel_is_read_in_its_forks_numbers_and_round_trips(tmp_path: Path, moves, name: str):
-    """caffe-fast-rcnn's and caffe-rfcn's numbers are ours (read as bvlc: nothing moves);
-    caffe-priv's 147 / 148 are told by the ROIPooling / PSROIPooling layers holding them."""
+    """caffe-fast-rcnn's roi_pooling_param number is ours, caffe-rfcn's psroi_pooling_param
+    10001 is 11001 here; caffe-priv's 147 / 148 are told by the ROIPooling / PSROIPooling layers
+    holding them."""
     prototxt = tmp_path / "deploy.prototxt"
     prototxt.write_text(RCNN_DEPLOY.replace(RCNN_DEPLOY[RCNN_DEPLOY.index('layer { name: "clip"'):], ""))
     raw = _fork_rcnn_caffemodel(tmp_path / "fork.caffemodel", moves)
@@ -335,6 +337,24 @@ def test_rcnn_caffemodel_is_read_in_its_forks_numbers_and_round_trips(tmp_path: 
     export_torch(prototxt, tmp_path / "fork.caffemodel", tmp_path / "w.safetensors")
     import_torch(prototxt, tmp_path / "w.safetensors", tmp_path / "back.caffemodel",
                  template=tmp_path / "fork.caffemodel")
+    assert (tmp_path / "back.caffemodel").read_bytes() == raw
+    if name == "rfcn":  # written without a template: R-FCN's 10001 again
+        write_caffemodel(tmp_path / "plain.caffemodel", read_caffemodel(tmp_path / "fork.caffemodel"))
+        assert (tmp_path / "plain.caffemodel").read_bytes() == raw
+
+
+def test_a_memorydata_field_10001_is_not_psroi_pooling_param(tmp_path: Path):
+    """Yahoo's open_nsfw caffemodel has a field 10001 (another type) in its MemoryData layer:
+    only a PSROIPooling layer's 10001 is R-FCN's psroi_pooling_param, the other is kept as is."""
+    fork = fork_net_class(RFCN)()
+    fork.layer.add(name="data", type="MemoryData").psroi_pooling_param.output_dim = 3
+    raw = fork.SerializeToString()
+    path = tmp_path / "nsfw_like.caffemodel"
+    path.write_bytes(raw)
+    assert caffemodel_dialect(path) == "bvlc"
+    layer = read_caffemodel(path).layer[0]
+    assert not layer.HasField("psroi_pooling_param")
+    write_caffemodel(tmp_path / "back.caffemodel", read_caffemodel(path))
     assert (tmp_path / "back.caffemodel").read_bytes() == raw
 
 

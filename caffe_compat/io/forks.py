@@ -118,7 +118,8 @@ def dialect_of_net(net: caffe_pb2.NetParameter, requested: str | None = None) ->
     """The dialect to write ``net`` in: ``requested`` (or ``--dialect``), else the moves its
     fork fields need: ``ceil_mode`` -> opencv's, ``upsample_param`` -> segnet's (the layer's
     origin; ENet's caffe numbers it 147: pass ``enet``), ``interp_param`` or a BN layer with
-    PSPNet's ``bn_param`` fields -> pspnet's (bn_param at 152). Their
+    PSPNet's ``bn_param`` fields -> pspnet's (bn_param at 152), ``psroi_pooling_param`` ->
+    R-FCN's 10001 (py-RFCN-priv's caffe numbers it 148: pass ``rfcn-priv``). Their
     moves touch different layer types, so one file can carry several."""
     requested = requested or dialects.selected()
     if requested is not None:
@@ -131,6 +132,8 @@ def dialect_of_net(net: caffe_pb2.NetParameter, requested: str | None = None) ->
             needed.add("segnet")
         if layer.HasField("interp_param") or (layer.type == "BN" and dialects.is_pspnet_bn(layer.bn_param)):
             needed.add("pspnet")
+        if layer.HasField("psroi_pooling_param"):
+            needed.add("rfcn")
     if not needed:
         return dialects.get("bvlc")
     return dialects.combine([dialects.get(name) for name in sorted(needed)])

@@ -134,7 +134,7 @@ _SERIALIZED_DESCRIPTOR = (
     b'shuffle_channel_param\x18\xa4\x01 \x01(\x0b2\x1e.caffe.ShuffleChannelParameter'
     b'R\x13shuffleChannelParam\x128\n\x0brelu6_param\x18\xa0\x8d\x06 \x01(\x0b2\x15.caffe.ReLU6Pa'
     b'rameterR\nrelu6Param\x12I\n\x11roi_pooling_param\x18\xd7\xc7\xf8\x03 \x01(\x0b2\x1a.caffe.RO'
-    b'IPoolingParameterR\x0froiPoolingParam\x12M\n\x13psroi_pooling_param\x18\x91N'
+    b'IPoolingParameterR\x0froiPoolingParam\x12M\n\x13psroi_pooling_param\x18\xf9U'
     b' \x01(\x0b2\x1c.caffe.PSROIPoolingParameterR\x11psroiPoolingParam\x12G\n\x11win'
     b'dow_data_param\x18\x81\x01 \x01(\x0b2\x1a.caffe.WindowDataParameterR\x0fwindowDat'
     b'aParam\x12=\n\rpermute_param\x18\xca\x01 \x01(\x0b2\x17.caffe.PermuteParameterR\x0cper'

@@ -61,6 +61,7 @@ _SEGNET_ENET_FIELDS = {
                                     "upsample_h", "upsample_w"}),
 }
 
+_PSROI_POOLING_PARAM = 11001  # LayerParameter.psroi_pooling_param here
 _FAST_RCNN_LAYER_FIELDS = frozenset({"roi_pooling_param", "smooth_l1_loss_param"})
 _ROI_FIELDS = frozenset({"pooled_h", "pooled_w", "spatial_scale"})
 _PSROI_FIELDS = frozenset({"spatial_scale", "output_dim", "group_size"})
@@ -144,13 +145,15 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
          "SmoothL1LossParameter": frozenset({"sigma"})},
         frozenset({"ROIPooling", "SmoothL1Loss"}),
     ),
-    # R-FCN's caffe: psroi_pooling_param 10001 and box_annotator_ohem_param 10000, free in BVLC.
+    # R-FCN's caffe: psroi_pooling_param 10001 (11001 here: Yahoo's open_nsfw caffemodel holds
+    # a field 10001 of another type in its MemoryData layer) and box_annotator_ohem_param 10000.
     Dialect(
         "rfcn", "daijifeng001/caffe-rfcn @543f8f6",
         {"LayerParameter": _FAST_RCNN_LAYER_FIELDS | {"psroi_pooling_param", "box_annotator_ohem_param"},
          "ROIPoolingParameter": _ROI_FIELDS, "PSROIPoolingParameter": _PSROI_FIELDS,
          "BoxAnnotatorOHEMParameter": frozenset({"roi_per_img", "ignore_label"})},
         frozenset({"ROIPooling", "SmoothL1Loss", "PSROIPooling", "BoxAnnotatorOHEM"}),
+        (Move((), 10001, _PSROI_POOLING_PARAM, frozenset({"PSROIPooling"})),),
     ),
     # soeaver/caffe-model's detection nets come from soeaver/py-RFCN-priv's caffe-priv, which
     # numbers roi_pooling_param 147 and psroi_pooling_param 148 (BVLC's swish_param and
@@ -162,7 +165,7 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
          "ROIPoolingParameter": _ROI_FIELDS, "PSROIPoolingParameter": _PSROI_FIELDS},
         frozenset({"ROIPooling", "SmoothL1Loss", "PSROIPooling", "BoxAnnotatorOHEM", "DeformablePSROIPooling"}),
         (Move((), 147, 8266711, frozenset({"ROIPooling"})),
-         Move((), 148, 10001, frozenset({"PSROIPooling"}))),
+         Move((), 148, _PSROI_POOLING_PARAM, frozenset({"PSROIPooling"}))),
     ),
 )}
 
