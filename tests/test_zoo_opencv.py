@@ -1,7 +1,8 @@
 """benchmarks/zoo.py on small nets of our own, with OpenCV's Caffe importer as the oracle.
 
 OpenCV 4.6 (Debian's python3-opencv, run by /usr/bin/python3) reads ``ceil_mode``, ``ReLU6``,
-``ConvolutionDepthwise``, ``Axpy``, ``ROIPooling`` and ``PSROIPooling``; the OpenCV checks skip cleanly where it is not installed.
+``ConvolutionDepthwise``, ``Axpy``, ``ROIPooling`` and ``PSROIPooling``; the OpenCV checks skip
+cleanly where it is not installed.
 """
 
 from __future__ import annotations
@@ -106,9 +107,6 @@ def test_opencv_floor_and_ceil_sizes_match_ours(tmp_path: Path):
         got, error = oracle.opencv_forward(prototxt, "", {"data": x})
         assert error is None
         assert got["p"].shape == (1, 1, size, size)
-        from caffe_compat.io.prototxt import read_net
-        from caffe_compat.net.builder import CaffeNet
-
         net = CaffeNet(read_net(prototxt))
         assert net.blob_shapes["p"] == (1, 1, size, size)
 
