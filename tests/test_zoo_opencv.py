@@ -189,3 +189,17 @@ def test_opencv_agrees_on_region_pooling(tmp_path: Path):
     np.testing.assert_allclose(got["roi_pool"], ours["pooled"].numpy(), rtol=1e-5, atol=1e-6)  # after a conv
     np.testing.assert_allclose(got["psroi"], ours["ps"].numpy(), rtol=1e-5, atol=1e-6)
     assert (ours["ps"] == 0).any() and (ours["pooled"] == 0).any()
+
+
+@needs_opencv
+def test_opencv_oracle_takes_input_names_with_a_slash(tmp_path: Path):
+    """soeaver's mobilenet R-CNN half reads the input 'conv5_5/sep': fed by name all the same."""
+    prototxt = tmp_path / "slash.prototxt"
+    prototxt.write_text('input: "conv5_5/sep" input_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
+                        'input: "b" input_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
+                        'layer { name: "sum" type: "Eltwise" bottom: "conv5_5/sep" bottom: "b" top: "sum" '
+                        'eltwise_param { operation: PROD } }\n')
+    a, b = np.arange(18, dtype=np.float32).reshape(1, 2, 3, 3), np.full((1, 2, 3, 3), 2, np.float32)
+    got, error = oracle.opencv_forward(prototxt, "", {"conv5_5/sep": a, "b": b})
+    assert error is None
+    np.testing.assert_array_equal(got["sum"], a * b)
