@@ -85,11 +85,11 @@ class ROIPooling(_RegionPooling):
 
     def bins(self, corners: torch.Tensor, size: int, pooled: int, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(start, end) of each ROI's bins along one axis (axis 0: x, 1: y), int64 (R, pooled)."""
-        scale = torch.tensor(self.spatial_scale, dtype=torch.float32)
+        scale = torch.tensor(self.spatial_scale, dtype=torch.float32, device=corners.device)
         start = round_away(corners[:, axis] * scale).long()
         end = round_away(corners[:, axis + 2] * scale).long()
         extent = torch.clamp(end - start + 1, min=1).float()
-        bin_size = extent / torch.tensor(float(pooled), dtype=torch.float32)
+        bin_size = extent / float(pooled)  # exact float32 division
         p = torch.arange(pooled, dtype=torch.float32, device=corners.device)
         lo = torch.floor(p * bin_size[:, None]).long() + start[:, None]
         hi = torch.ceil((p + 1) * bin_size[:, None]).long() + start[:, None]
@@ -146,7 +146,7 @@ def range_max(features: torch.Tensor, index: torch.Tensor, hs: torch.Tensor, he:
     corners = [table[(base * h + y) * w + x] for y in (y0, y1) for x in (x0, x1)]
     out = torch.maximum(torch.maximum(corners[0], corners[1]), torch.maximum(corners[2], corners[3]))
     empty = ((he <= hs)[:, :, None] | (we <= ws)[:, None, :])[..., None]
-    return torch.where(empty, torch.zeros((), dtype=out.dtype), out).permute(0, 3, 1, 2)
+    return torch.where(empty, out.new_zeros(()), out).permute(0, 3, 1, 2)
 
 
 @register_layer("PSROIPooling")
@@ -175,11 +175,11 @@ class PSROIPooling(_RegionPooling):
 
     def bins(self, corners: torch.Tensor, size: int, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(start, end) of each ROI's bins along one axis, int64 (R, group_size)."""
-        scale = torch.tensor(self.spatial_scale, dtype=torch.float32)
+        scale = torch.tensor(self.spatial_scale, dtype=torch.float32, device=corners.device)
         start = round_away(corners[:, axis]) * scale
         end = (round_away(corners[:, axis + 2]) + 1) * scale
-        extent = torch.clamp(end - start, min=torch.tensor(0.1, dtype=torch.float32))
-        bin_size = extent / torch.tensor(float(self.group_size), dtype=torch.float32)
+        extent = torch.clamp(end - start, min=0.1)  # float32(0.1), as max<float>(x, 0.1)
+        bin_size = extent / float(self.group_size)
         p = torch.arange(self.group_size, dtype=torch.float32, device=corners.device)
         lo = torch.floor(p * bin_size[:, None] + start[:, None]).long()
         hi = torch.ceil((p + 1) * bin_size[:, None] + start[:, None]).long()
@@ -202,7 +202,7 @@ class PSROIPooling(_RegionPooling):
         sums = torch.einsum("rcijh,rih->rcij", along_w, mask_h)
         area = ((he - hs)[:, :, None] * (we - ws)[:, None, :]).to(features.dtype)  # (R, g, g)
         out = sums / area.clamp(min=1)[:, None]
-        return (torch.where(area[:, None] > 0, out, torch.zeros((), dtype=out.dtype)),)
+        return (torch.where(area[:, None] > 0, out, out.new_zeros(())),)
 
 
 def bin_masks(start: torch.Tensor, end: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
