@@ -169,7 +169,8 @@ def feed(net: CaffeNet, name: str, rng: np.random.Generator) -> np.ndarray:
     images = [net.blob_shapes[n] for n in net.input_names if len(net.blob_shapes[n]) == 4]
     if "roi" not in name.lower() or len(shape) != 2 or shape[1] != 5 or not images:
         return rng.standard_normal(shape).astype(np.float32)
-    scales = [s.layer.spatial_scale for s in net.steps if name in s.bottoms and hasattr(s.layer, "spatial_scale")]
+    readers = {name} | {t for s in net.steps if s.type == "Split" and s.bottoms[0] == name for t in s.tops}
+    scales = [s.layer.spatial_scale for s in net.steps if readers & set(s.bottoms) and hasattr(s.layer, "spatial_scale")]
     batch, _, height, width = images[0]
     height, width = height / (scales or [1.0])[0], width / (scales or [1.0])[0]
     x = np.sort(rng.uniform(0, width - 1, (shape[0], 2)), axis=1)

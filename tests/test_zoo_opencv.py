@@ -160,6 +160,7 @@ def test_zoo_feeds_valid_rois(tmp_path: Path):
     assert set(rois[:, 0]) <= {0.0, 1.0, 2.0}
     assert (rois[:, 1] <= rois[:, 3]).all() and (rois[:, 2] <= rois[:, 4]).all()
     assert rois[:, 1:].min() >= 0 and (rois[:, [1, 3]] <= 4 * 20 - 1).all() and (rois[:, [2, 4]] <= 4 * 24 - 1).all()
+    assert rois[:, 3].max() > 20 and rois[:, 4].max() > 24  # image pixels, not the features' (rois is split)
     np.testing.assert_array_equal(rois, zoo.feed(net, "rois", np.random.default_rng(0)))
     assert zoo.feed(net, "data", np.random.default_rng(0)).shape == (3, 3, 24, 20)
 
