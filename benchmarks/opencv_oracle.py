@@ -19,10 +19,11 @@ import numpy as np
 
 PYTHON = os.environ.get("CAFFE_COMPAT_OPENCV_PYTHON", "/usr/bin/python3")
 
-# Runs under PYTHON: argv = prototxt, caffemodel, folder with in_<blob>.npy; writes out_<i>.npy
+# Runs under PYTHON: argv = prototxt, caffemodel, folder with in_<i>.npy and inputs.json (their
+# blob names); writes out_<i>.npy
 # and prints one JSON line {"outputs": [layer names], "tops": [...]} or {"error": "..."}.
 _RUNNER = r'''
-import glob, json, os, sys
+import json, os, sys
 import numpy as np
 import cv2
 prototxt, weights, folder = sys.argv[1:4]
@@ -33,8 +34,9 @@ try:
     net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
     if hasattr(net, "enableWinograd"):
         net.enableWinograd(False)
-    for path in sorted(glob.glob(os.path.join(folder, "in_*.npy"))):
-        net.setInput(np.load(path), os.path.basename(path)[3:-4])
+    with open(os.path.join(folder, "inputs.json")) as listed:
+        for i, name in enumerate(json.load(listed)):
+            net.setInput(np.load(os.path.join(folder, "in_%d.npy" % i)), name)
     names = list(net.getUnconnectedOutLayersNames())
     names += [name for name in extra if name not in names]
     outs = net.forward(names)
@@ -63,8 +65,9 @@ def opencv_forward(prototxt: str | os.PathLike[str], caffemodel: str | os.PathLi
     """OpenCV's outputs (layer name -> array: the net's output layers, then ``extra_layers``)
     for ``inputs``, or ({}, its error line)."""
     with tempfile.TemporaryDirectory() as folder:
-        for name, value in inputs.items():
-            np.save(Path(folder) / f"in_{name}.npy", np.ascontiguousarray(value, np.float32))
+        for i, value in enumerate(inputs.values()):  # blob names may hold '/': files by index
+            np.save(Path(folder) / f"in_{i}.npy", np.ascontiguousarray(value, np.float32))
+        (Path(folder) / "inputs.json").write_text(json.dumps(list(inputs)))
         try:
             done = subprocess.run([python, "-c", _RUNNER, os.fspath(prototxt), os.fspath(caffemodel), folder,
                                    *extra_layers],

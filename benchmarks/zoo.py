@@ -119,30 +119,27 @@ def randomise(net: CaffeNet, seed: int) -> None:
                     blob.copy_(torch.randn(blob.shape, generator=gen) * 0.1)
 
 
-#: Layer types whose weights :func:`calibrate` scales (LSUV).
+#: Layer types whose weights :func:`calibrate` may scale.
 WEIGHTED = {"Convolution", "Deconvolution", "InnerProduct", "DepthwiseConvolution", "ConvolutionDepthwise"}
+#: Saturating nonlinearities: a trained net keeps their inputs near the linear part.
+GATES = {"Sigmoid", "TanH"}
 
 
 @torch.no_grad()
 def calibrate(net: CaffeNet, seed: int) -> None:
-    """Seeded random weights brought to a trained net's scale, in one forward over a seeded batch
-    in net order: each BatchNorm's statistics are those of its input (as after training), and
-    each weighted layer's weights and bias are divided by its output's standard deviation (LSUV,
-    Mishkin & Matas 2016). Without it activations grow through deep residual nets (SE-ResNet-50:
-    22 at the first block, 2,500 at the last) and SE gates see pre-sigmoid values in the
-    thousands, where a float32 rounding difference flips a gate: no two runtimes then agree to
-    1e-4, however right the conversion. With it every pre-activation has unit scale."""
-    rng = np.random.default_rng(seed + 1000)
-    feeds = {name: torch.from_numpy(rng.standard_normal(net.blob_shapes[name]).astype(np.float32))
-             for name in net.input_names}
+    """Each weighted layer whose top feeds a Sigmoid or TanH divided by its output's standard
+    deviation on a seeded N(0, 1) batch (LSUV, Mishkin & Matas 2016, for gates only), in net order.
 
-    def statistics(module, inputs):
-        x = inputs[0].double()
-        dims = [0, *range(2, x.dim())]
-        mean, var, factor = module.blobs
-        mean.copy_(x.mean(dims).float())
-        var.copy_(x.var(dims).float() + 1e-3)
-        factor.fill_(1.0)
+    Random He weights let activations grow through deep residual nets (SE-ResNet-50: 22 at the
+    first block, 2,500 at the last), so an SE block's gate sees pre-sigmoid values in the
+    thousands: a step function, where a float32 rounding difference flips the gate and no two
+    runtimes agree to 1e-4 however right the conversion. A trained gate works near its linear
+    part; so does a calibrated one. Only gates: scaling every layer to unit output (with
+    BatchNorm statistics from the batch) was tried and made deep plain ResNets (152 layers),
+    max-unpooling (ENet) and SSD's thresholds sensitive to rounding instead (docs/zoo.md)."""
+    gates = {step.bottoms[0] for step in net.steps if step.type in GATES}
+    rng = np.random.default_rng(seed + 1000)
+    feeds = {name: torch.from_numpy(feed(net, name, rng)) for name in net.input_names}
 
     def unit_scale(module, inputs, output):
         tops = output if isinstance(output, tuple) else (output,)
@@ -154,12 +151,10 @@ def calibrate(net: CaffeNet, seed: int) -> None:
         scaled = tuple(top / std for top in tops)
         return scaled if isinstance(output, tuple) else scaled[0]
 
-    hooks = []
-    for step in net.steps:
-        if step.type == "BatchNorm":
-            hooks.append(step.layer.register_forward_pre_hook(statistics))
-        elif step.type in WEIGHTED and len(step.layer.blobs):
-            hooks.append(step.layer.register_forward_hook(unit_scale))
+    hooks = [step.layer.register_forward_hook(unit_scale) for step in net.steps
+             if step.type in WEIGHTED and step.tops[0] in gates and len(step.layer.blobs)]
+    if not hooks:
+        return
     try:
         net.run(feeds, record=True, keep=set())  # record: every layer on its own, hooks included
     finally:
@@ -188,12 +183,31 @@ def short(exc: BaseException) -> str:
     return "✗ " + text.replace("|", "/")[:150]
 
 
+def feed(net: CaffeNet, name: str, rng: np.random.Generator) -> np.ndarray:
+    """A seeded value for input ``name``: N(0, 1), except that an (R, 5) input named like
+    ``rois`` gets valid ROIs [batch_index, x1, y1, x2, y2]: index below the first 4-axis input's
+    batch, x1 <= x2 < W and y1 <= y2 < H of that input in image pixels (its size over the
+    ``spatial_scale`` of the layer pooling the ROIs; detection nets' second halves)."""
+    shape = net.blob_shapes[name]
+    images = [net.blob_shapes[n] for n in net.input_names if len(net.blob_shapes[n]) == 4]
+    if "roi" not in name.lower() or len(shape) != 2 or shape[1] != 5 or not images:
+        return rng.standard_normal(shape).astype(np.float32)
+    readers = {name} | {t for s in net.steps if s.type == "Split" and s.bottoms[0] == name for t in s.tops}
+    scales = [s.layer.spatial_scale for s in net.steps if readers & set(s.bottoms) and hasattr(s.layer, "spatial_scale")]
+    batch, _, height, width = images[0]
+    height, width = height / (scales or [1.0])[0], width / (scales or [1.0])[0]
+    x = np.sort(rng.uniform(0, width - 1, (shape[0], 2)), axis=1)
+    y = np.sort(rng.uniform(0, height - 1, (shape[0], 2)), axis=1)
+    index = rng.integers(0, batch, shape[0])
+    return np.stack([index, x[:, 0], y[:, 0], x[:, 1], y[:, 1]], 1).astype(np.float32)
+
+
 def ours_at(param: caffe_pb2.NetParameter, weights: Path, batch: int, names: list[str], seed: int):
     """Our outputs at ``batch`` on a seeded N(0, 1) input, and that input."""
     net = CaffeNet(at_batch(param, batch), phase=TEST)
     net.copy_from(weights)
     rng = np.random.default_rng(seed + batch)
-    feeds = {name: rng.standard_normal(net.blob_shapes[name]).astype(np.float32) for name in net.input_names}
+    feeds = {name: feed(net, name, rng) for name in net.input_names}
     with torch.no_grad():
         out = net({k: torch.from_numpy(v) for k, v in feeds.items()}, blobs=names)
     return {k: v.float().numpy() for k, v in out.items()}, feeds
@@ -416,8 +430,8 @@ def main() -> None:
     parser.add_argument("--big", type=float, default=100.0, help="skip batch 3 above this many million weights")
     parser.add_argument("--no-opencv", dest="opencv", action="store_false")
     parser.add_argument("--weights", choices=("calibrated", "he"), default="calibrated",
-                        help="calibrated (default): He-normal, then scaled to a trained net's scale by one "
-                             "seeded forward (see calibrate); he: He-normal only")
+                        help="calibrated (default): He-normal, then the layers feeding a Sigmoid or TanH "
+                             "scaled to unit output by one seeded forward (see calibrate); he: He-normal only")
     parser.add_argument("--update", action="store_true",
                         help="keep the rows of --out's table for the nets this run does not run")
     parser.add_argument("--only", default="", help="run only nets whose file name contains one of these (comma-separated)")

@@ -326,4 +326,97 @@ def test_priv_fields_name_their_dialect_when_unknown():
     assert dialects.knowing("InterpParameter", "use_blob_size") == ["priv"]
     assert dialects.knowing("LayerParameter", "selu_dropout_param") == ["priv"]
     assert dialects.defining("SeLuDropout") == ["priv"]
-    assert dialects.knowing("LayerParameter", "roi_pooling_param") == ["priv"]  # its FPN nets' next step
+    assert dialects.knowing("LayerParameter", "roi_pooling_param") == ["priv", "fast-rcnn", "rfcn"]
+
+
+# soeaver/py-RFCN-priv's caffe-priv numbers roi_pooling_param 147 and psroi_pooling_param 148
+# (BVLC's swish_param and clip_param; caffe-fast-rcnn's and caffe-rfcn's 8266711 and 10001).
+RFCN_PRIV = [("LayerParameter", "roi_pooling_param", 147), ("LayerParameter", "psroi_pooling_param", 148)]
+RFCN = [("LayerParameter", "psroi_pooling_param", 10001)]
+
+RCNN_DEPLOY = """
+name: "rcnn"
+input: "features" input_shape { dim: 1 dim: 8 dim: 6 dim: 6 }
+input: "rois" input_shape { dim: 3 dim: 5 }
+layer { name: "roi_pool" type: "ROIPooling" bottom: "features" bottom: "rois" top: "pooled"
+  roi_pooling_param { pooled_h: 2 pooled_w: 3 spatial_scale: 0.0625 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pooled" top: "fc"
+  inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "psroi" type: "PSROIPooling" bottom: "features" bottom: "rois" top: "ps"
+  psroi_pooling_param { spatial_scale: 0.0625 output_dim: 2 group_size: 2 } }
+layer { name: "clip" type: "Clip" bottom: "fc" top: "clipped" clip_param { min: -1 max: 1 } }
+"""
+
+
+def _fork_rcnn_caffemodel(path: Path, moves) -> bytes:
+    """The R-CNN net's caffemodel in a fork's own schema (fields copied by name)."""
+    from google.protobuf import text_format
+
+    net = CaffeNet(parse_net_text(RCNN_DEPLOY), phase=TEST)
+    fork = fork_net_class(moves)()
+    for layer in net.to_net_parameter().layer:
+        if layer.type != "Clip":  # clip_param's 148 is psroi_pooling_param in caffe-priv's schema
+            text_format.Parse(text_format.MessageToString(layer), fork.layer.add())
+    raw = fork.SerializeToString()
+    path.write_bytes(raw)
+    return raw
+
+
+@pytest.mark.parametrize("moves, name", [(RFCN_PRIV, "priv"), (RFCN, "rfcn")])
+def test_rcnn_caffemodel_is_read_in_its_forks_numbers_and_round_trips(tmp_path: Path, moves, name: str):
+    """caffe-fast-rcnn's roi_pooling_param number is ours, caffe-rfcn's psroi_pooling_param
+    10001 is 11001 here; caffe-priv's 147 / 148 are told by the ROIPooling / PSROIPooling layers
+    holding them."""
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text(RCNN_DEPLOY.replace(RCNN_DEPLOY[RCNN_DEPLOY.index('layer { name: "clip"'):], ""))
+    raw = _fork_rcnn_caffemodel(tmp_path / "fork.caffemodel", moves)
+    assert caffemodel_dialect(tmp_path / "fork.caffemodel") == name
+    layers = {layer.name: layer for layer in read_caffemodel(tmp_path / "fork.caffemodel").layer}
+    assert layers["roi_pool"].roi_pooling_param.pooled_w == 3
+    assert layers["psroi"].psroi_pooling_param.group_size == 2
+    export_torch(prototxt, tmp_path / "fork.caffemodel", tmp_path / "w.safetensors")
+    import_torch(prototxt, tmp_path / "w.safetensors", tmp_path / "back.caffemodel",
+                 template=tmp_path / "fork.caffemodel")
+    assert (tmp_path / "back.caffemodel").read_bytes() == raw
+    if name == "rfcn":  # written without a template: R-FCN's 10001 again
+        write_caffemodel(tmp_path / "plain.caffemodel", read_caffemodel(tmp_path / "fork.caffemodel"))
+        assert (tmp_path / "plain.caffemodel").read_bytes() == raw
+
+
+def test_a_memorydata_field_10001_is_not_psroi_pooling_param(tmp_path: Path):
+    """Yahoo's open_nsfw caffemodel has a field 10001 (another type) in its MemoryData layer:
+    only a PSROIPooling layer's 10001 is R-FCN's psroi_pooling_param, the other is kept as is."""
+    fork = fork_net_class(RFCN)()
+    fork.layer.add(name="data", type="MemoryData").psroi_pooling_param.output_dim = 3
+    raw = fork.SerializeToString()
+    path = tmp_path / "nsfw_like.caffemodel"
+    path.write_bytes(raw)
+    assert caffemodel_dialect(path) == "bvlc"
+    layer = read_caffemodel(path).layer[0]
+    assert not layer.HasField("psroi_pooling_param")
+    write_caffemodel(tmp_path / "back.caffemodel", read_caffemodel(path))
+    assert (tmp_path / "back.caffemodel").read_bytes() == raw
+
+
+def test_swish_and_clip_numbers_stay_bvlcs_beside_rcnn_layers(tmp_path: Path):
+    """147 / 148 in Swish / Clip layers are BVLC's, even in a file caffe-priv's ROIPooling
+    makes priv."""
+    fork = fork_net_class(RFCN_PRIV)()
+    fork.layer.add(name="roi_pool", type="ROIPooling").roi_pooling_param.pooled_h = 7
+    raw = fork.SerializeToString()
+    bvlc = caffe_pb2.NetParameter()
+    clip = bvlc.layer.add(name="clip", type="Clip").clip_param
+    clip.min, clip.max = 0, 6
+    bvlc.layer.add(name="swish", type="Swish").swish_param.beta = 2
+    path = tmp_path / "mixed.caffemodel"
+    path.write_bytes(raw + bvlc.SerializeToString())
+    assert caffemodel_dialect(path) == "priv"
+    layers = read_caffemodel(path).layer
+    assert layers[0].roi_pooling_param.pooled_h == 7
+    assert layers[1].clip_param.max == 6 and layers[2].swish_param.beta == 2
+
+
+def test_rcnn_fields_we_do_not_read_name_their_forks():
+    assert dialects.knowing("LayerParameter", "smooth_l1_loss_param") == ["priv", "fast-rcnn", "rfcn"]
+    assert dialects.knowing("LayerParameter", "box_annotator_ohem_param") == ["priv", "rfcn"]
+    assert dialects.defining("PSROIPooling") == ["priv", "rfcn"]

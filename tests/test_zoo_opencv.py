@@ -1,7 +1,8 @@
 """benchmarks/zoo.py on small nets of our own, with OpenCV's Caffe importer as the oracle.
 
 OpenCV 4.6 (Debian's python3-opencv, run by /usr/bin/python3) reads ``ceil_mode``, ``ReLU6``,
-``ConvolutionDepthwise`` and ``Axpy``; the OpenCV checks skip cleanly where it is not installed.
+``ConvolutionDepthwise``, ``Axpy``, ``ROIPooling`` and ``PSROIPooling``; the OpenCV checks skip
+cleanly where it is not installed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from test_fork_rcnn import random_rois
+
+from caffe_compat.io.caffemodel import write_caffemodel
+from caffe_compat.io.prototxt import parse_net_text, read_net
+from caffe_compat.net.builder import CaffeNet
 
 ROOT = Path(__file__).resolve().parents[1]
 FORKS = ROOT / "tests" / "fixtures" / "forks"
@@ -121,16 +128,14 @@ def test_opencv_floor_and_ceil_sizes_match_ours(tmp_path: Path):
         got, error = oracle.opencv_forward(prototxt, "", {"data": x})
         assert error is None
         assert got["p"].shape == (1, 1, size, size)
-        from caffe_compat.io.prototxt import read_net
-        from caffe_compat.net.builder import CaffeNet
-
         net = CaffeNet(read_net(prototxt))
         assert net.blob_shapes["p"] == (1, 1, size, size)
 
 
-def test_calibrated_weights_have_a_trained_nets_scale(tmp_path: Path):
-    """calibrate: each weighted layer's output has unit standard deviation on the calibration
-    batch (LSUV), and each BatchNorm's statistics are its input's, so its output is N(0, 1)-like."""
+def test_calibrated_weights_keep_gates_near_their_linear_part(tmp_path: Path):
+    """calibrate: a weighted layer feeding a Sigmoid has unit output standard deviation on the
+    calibration batch (an SE gate of random He weights sees values in the thousands); layers
+    feeding anything else keep their seeded weights."""
     import numpy as np
     import torch
 
@@ -140,18 +145,89 @@ def test_calibrated_weights_have_a_trained_nets_scale(tmp_path: Path):
 
     text = ('input: "data" input_shape { dim: 4 dim: 3 dim: 8 dim: 8 }\n'
             'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 5 kernel_size: 3 } }\n'
-            'layer { name: "bn" type: "BatchNorm" bottom: "c" top: "bn" batch_norm_param { use_global_stats: true } }\n'
-            'layer { name: "fc" type: "InnerProduct" bottom: "bn" top: "fc" inner_product_param { num_output: 6 } }\n')
+            'layer { name: "relu" type: "ReLU" bottom: "c" top: "c" }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "c" top: "fc" inner_product_param { num_output: 6 } }\n'
+            'layer { name: "gate" type: "Sigmoid" bottom: "fc" top: "gate" }\n')
     net = CaffeNet(parse_net_text(text), phase=TEST)
     zoo.randomise(net, 0)
-    net.layer_by_name("c").blobs[0].data.mul_(7.0).add_(0.5)  # far from a trained scale before
-    net.layer_by_name("fc").blobs[0].data.mul_(30.0)
+    net.layer_by_name("fc").blobs[0].data.mul_(300.0)  # a saturated gate before
+    conv = net.layer_by_name("c").blobs[0].detach().clone()
     zoo.calibrate(net, 0)
     rng = np.random.default_rng(1000)
     feeds = {"data": torch.from_numpy(rng.standard_normal((4, 3, 8, 8)).astype(np.float32))}
     with torch.no_grad():
-        out = {k: v.double() for k, v in net.forward(feeds, blobs=["c", "bn", "fc"]).items()}
-    assert abs(float(out["c"].std()) - 1.0) < 1e-4
+        out = {k: v.double() for k, v in net.forward(feeds, blobs=["fc", "gate"]).items()}
     assert abs(float(out["fc"].std()) - 1.0) < 1e-4
-    assert torch.allclose(out["bn"].mean((0, 2, 3)), torch.zeros(5, dtype=torch.float64), atol=1e-4)
-    assert torch.allclose(out["bn"].var((0, 2, 3)), torch.ones(5, dtype=torch.float64), atol=1e-2)
+    assert 0.05 < float(out["gate"].min()) and float(out["gate"].max()) < 0.95
+    assert torch.equal(net.layer_by_name("c").blobs[0].detach(), conv)
+
+
+RCNN = """
+name: "rcnn_half"
+input: "data" input_shape { dim: 1 dim: 3 dim: 24 dim: 20 }
+input: "rois" input_shape { dim: 6 dim: 5 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "features"
+  convolution_param { num_output: 18 kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "roi_pool" type: "ROIPooling" bottom: "features" bottom: "rois" top: "pooled"
+  roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.25 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pooled" top: "fc" inner_product_param { num_output: 4 } }
+layer { name: "psroi" type: "PSROIPooling" bottom: "features" bottom: "rois" top: "ps"
+  psroi_pooling_param { spatial_scale: 0.25 output_dim: 2 group_size: 3 } }
+layer { name: "vote" type: "Pooling" bottom: "ps" top: "vote" pooling_param { pool: AVE global_pooling: true } }
+"""
+
+
+def test_zoo_feeds_valid_rois(tmp_path: Path):
+    """An (R, 5) input named rois gets [index < batch, x1 <= x2, y1 <= y2] inside the image
+    (the 4-axis input's 24 x 20 over the pooling layers' spatial_scale 0.25), seeded, at the
+    batch asked for; other inputs stay N(0, 1)."""
+    net = CaffeNet(zoo.at_batch(parse_net_text(RCNN), 3))
+    rois = zoo.feed(net, "rois", np.random.default_rng(0))
+    assert rois.shape == (3, 5) and rois.dtype == np.float32
+    assert set(rois[:, 0]) <= {0.0, 1.0, 2.0}
+    assert (rois[:, 1] <= rois[:, 3]).all() and (rois[:, 2] <= rois[:, 4]).all()
+    assert rois[:, 1:].min() >= 0 and (rois[:, [1, 3]] <= 4 * 20 - 1).all() and (rois[:, [2, 4]] <= 4 * 24 - 1).all()
+    assert rois[:, 3].max() > 20 and rois[:, 4].max() > 24  # image pixels, not the features' (rois is split)
+    np.testing.assert_array_equal(rois, zoo.feed(net, "rois", np.random.default_rng(0)))
+    assert zoo.feed(net, "data", np.random.default_rng(0)).shape == (3, 3, 24, 20)
+
+
+@needs_opencv
+def test_opencv_agrees_on_region_pooling(tmp_path: Path):
+    """ROIPooling and PSROIPooling: OpenCV's own code gives our numbers on valid ROIs (the zoo
+    row) and on ROIs outside the map, malformed or on rounding halves (the direct call)."""
+    prototxt = tmp_path / "rcnn.prototxt"
+    prototxt.write_text(RCNN)
+    row = zoo.one_net(prototxt, "ours", tmp_path, _args(True))
+    assert row.layers == "6 (PSROIPooling, ROIPooling)"
+    assert all(row.cells[key].startswith("✓ ") for key in ("ort1", "ort3", "fold", "opencv")), row.cells
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, 24, 20)).astype(np.float32)
+    rois = random_rois(rng, 40, 1, 96, 80)
+    text = RCNN.replace("dim: 6 dim: 5", "dim: 40 dim: 5")
+    prototxt.write_text(text)
+    net = CaffeNet(read_net(prototxt))
+    zoo.randomise(net, 0)
+    write_caffemodel(tmp_path / "w.caffemodel", net.to_net_parameter())
+    with torch.no_grad():
+        ours = net({"data": torch.from_numpy(x), "rois": torch.from_numpy(rois)}, blobs=["pooled", "ps"])
+    got, error = oracle.opencv_forward(prototxt, tmp_path / "w.caffemodel", {"data": x, "rois": rois},
+                                       extra_layers=["roi_pool", "psroi"])
+    assert error is None
+    np.testing.assert_allclose(got["roi_pool"], ours["pooled"].numpy(), rtol=1e-5, atol=1e-6)  # after a conv
+    np.testing.assert_allclose(got["psroi"], ours["ps"].numpy(), rtol=1e-5, atol=1e-6)
+    assert (ours["ps"] == 0).any() and (ours["pooled"] == 0).any()
+
+
+@needs_opencv
+def test_opencv_oracle_takes_input_names_with_a_slash(tmp_path: Path):
+    """soeaver's mobilenet R-CNN half reads the input 'conv5_5/sep': fed by name all the same."""
+    prototxt = tmp_path / "slash.prototxt"
+    prototxt.write_text('input: "conv5_5/sep" input_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
+                        'input: "b" input_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
+                        'layer { name: "sum" type: "Eltwise" bottom: "conv5_5/sep" bottom: "b" top: "sum" '
+                        'eltwise_param { operation: PROD } }\n')
+    a, b = np.arange(18, dtype=np.float32).reshape(1, 2, 3, 3), np.full((1, 2, 3, 3), 2, np.float32)
+    got, error = oracle.opencv_forward(prototxt, "", {"conv5_5/sep": a, "b": b})
+    assert error is None
+    np.testing.assert_array_equal(got["sum"], a * b)

@@ -119,8 +119,10 @@ def dialect_of_net(net: caffe_pb2.NetParameter, requested: str | None = None) ->
     fork fields need: ``ceil_mode`` -> opencv's, ``upsample_param`` -> segnet's (the layer's
     origin; ENet's caffe numbers it 147: pass ``enet``), ``interp_param`` or a BN layer with
     PSPNet's ``bn_param`` fields -> pspnet's (bn_param at 152), but a net with caffe-priv's
-    ``use_blob_size`` or ``SeLu`` / ``SeLuDropout`` layers -> priv's (interp_param at 20001). Their
-    moves touch different layer types, so one file can carry several."""
+    ``use_blob_size`` or ``SeLu`` / ``SeLuDropout`` layers -> priv's (interp_param at 20001);
+    ``psroi_pooling_param`` -> R-FCN's 10001 (caffe-priv numbers it 148: pass ``priv``, or a
+    priv net as above carries it). Their moves touch different layer types, so one file can
+    carry several."""
     requested = requested or dialects.selected()
     if requested is not None:
         return dialects.get(requested)
@@ -134,6 +136,8 @@ def dialect_of_net(net: caffe_pb2.NetParameter, requested: str | None = None) ->
         if (layer.HasField("interp_param") and not priv) or (
                 layer.type == "BN" and dialects.is_pspnet_bn(layer.bn_param)):
             needed.add("pspnet")
+        if layer.HasField("psroi_pooling_param") and not priv:
+            needed.add("rfcn")
     if not needed:
         return dialects.get("bvlc")
     return dialects.combine([dialects.get(name) for name in sorted(needed)])

@@ -54,6 +54,9 @@ class Layer(nn.Module):
     #: Set by the net for layers with :meth:`running_updates`: the net applies them all at once
     #: after its forward instead of each layer applying its own (two ops per net, not per layer).
     defer_running_updates: bool = False
+    #: Bottoms whose axis 0 is a batch of its own, not the images' (the ROIs of ROIPooling): a
+    #: dynamic-batch ONNX export gives a net input read there its own symbolic size.
+    own_batch_bottoms: tuple[int, ...] = ()
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
         super().__init__()

@@ -236,7 +236,9 @@ def plan_batch(net: CaffeNet, steps: Sequence[Step], dynamic_batch: bool,
     dims = {blob: list(shape) for blob, (_, shape) in fed.items()}
     if not dynamic_batch:
         return BatchPlan(dims, {})
-    guess, fallback = _batched(fed, dynamic_inputs)
+    own = own_batch_inputs(steps, fed) if dynamic_inputs is None else []
+    guess, fallback = _batched({b: v for b, v in fed.items() if b not in own}, dynamic_inputs)
+    guess, fallback = guess + own, fallback + own
     if not guess:
         return BatchPlan(dims, {})
     try:
@@ -252,8 +254,24 @@ def plan_batch(net: CaffeNet, steps: Sequence[Step], dynamic_batch: bool,
         batched = fallback
     first = fed[batched[0]][1][0]
     for blob in batched:
-        dims[blob][0] = BATCH_AXIS if fed[blob][1][0] == first else f"{BATCH_AXIS}_{blob}"
+        dims[blob][0] = BATCH_AXIS if fed[blob][1][0] == first and blob not in own else f"{BATCH_AXIS}_{blob}"
     return BatchPlan(dims, dynamic)
+
+
+def own_batch_inputs(steps: Sequence[Step], fed: dict[str, tuple[Step, Shape]]) -> list[str]:
+    """Inputs read as a layer's ``own_batch_bottoms`` (the ROIs of a detection net's second
+    half): their axis 0 is a size of its own, whatever the prototxt declares. Split copies
+    (Caffe's, inserted where a blob has several readers) lead back to the input."""
+    copied = {top: step.bottoms[0] for step in steps if step.type == "Split" for top in step.tops}
+    own = []
+    for step in steps:
+        for i in step.layer.own_batch_bottoms:
+            if i < len(step.bottoms):
+                blob = step.bottoms[i]
+                while blob in copied:
+                    blob = copied[blob]
+                own.append(blob)
+    return [blob for blob in dict.fromkeys(own) if blob in fed and fed[blob][1]]
 
 
 def image_input(fed: dict[str, tuple[Step, Shape]]) -> str:

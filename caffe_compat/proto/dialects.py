@@ -61,6 +61,11 @@ _SEGNET_ENET_FIELDS = {
                                     "upsample_h", "upsample_w"}),
 }
 
+_PSROI_POOLING_PARAM = 11001  # LayerParameter.psroi_pooling_param here
+_FAST_RCNN_LAYER_FIELDS = frozenset({"roi_pooling_param", "smooth_l1_loss_param"})
+_ROI_FIELDS = frozenset({"pooled_h", "pooled_w", "spatial_scale"})
+_PSROI_FIELDS = frozenset({"spatial_scale", "output_dim", "group_size"})
+
 DIALECTS: dict[str, Dialect] = {d.name: d for d in (
     Dialect("bvlc", "BVLC/caffe @9b89154"),
     Dialect(
@@ -90,17 +95,23 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
     ),
     Dialect(
         # soeaver's caffe-priv (the py-RFCN-priv repository's caffe-priv/), which the nets of
-        # soeaver/caffe-model need: DeepLab's Interp at 20001 with use_blob_size, SeLu, SeLuDropout.
+        # soeaver/caffe-model need: DeepLab's Interp at 20001 with use_blob_size, SeLu, SeLuDropout,
+        # and the region pooling of its detection nets at 147 and 148 (BVLC's swish_param and
+        # clip_param; caffe-enet's upsample_param 147 is told apart by its Upsample layer).
         "priv", "soeaver/py-RFCN-priv (caffe-priv) @ec89b86",
-        # roi_pooling_param (147 there, BVLC's swish_param) is named so that its error names the
-        # fork; its layer is not read yet.
-        {"LayerParameter": frozenset({"interp_param", "selu_param", "selu_dropout_param", "roi_pooling_param"}),
+        {"LayerParameter": frozenset({"interp_param", "selu_param", "selu_dropout_param"})
+         | _FAST_RCNN_LAYER_FIELDS | {"psroi_pooling_param", "box_annotator_ohem_param",
+                                     "deformable_psroi_pooling_param"},
          "InterpParameter": frozenset({"height", "width", "zoom_factor", "shrink_factor", "pad_beg", "pad_end",
                                        "use_blob_size"}),
          "SeLuParameter": frozenset({"lambda", "alpha"}),
-         "SeLuDropoutParameter": frozenset({"dropout_ratio", "alpha"})},
-        frozenset({"Interp", "SeLu", "SeLuDropout"}),
-        (Move((), 20001, 2143, frozenset({"Interp"})),),
+         "SeLuDropoutParameter": frozenset({"dropout_ratio", "alpha"}),
+         "ROIPoolingParameter": _ROI_FIELDS, "PSROIPoolingParameter": _PSROI_FIELDS},
+        frozenset({"Interp", "SeLu", "SeLuDropout", "ROIPooling", "SmoothL1Loss", "PSROIPooling",
+                   "BoxAnnotatorOHEM", "DeformablePSROIPooling"}),
+        (Move((), 20001, 2143, frozenset({"Interp"})),
+         Move((), 147, 8266711, frozenset({"ROIPooling"})),
+         Move((), 148, _PSROI_POOLING_PARAM, frozenset({"PSROIPooling"}))),
     ),
     Dialect(
         "opencv", "opencv/opencv modules/dnn/src/caffe/opencv-caffe.proto @036f721",
@@ -145,6 +156,24 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
     Dialect(
         "depthwise", "yonghenglh6/DepthwiseConvolution @2b9cf52", {},
         frozenset({"DepthwiseConvolution", "ConvolutionDepthwise"}),
+    ),
+    # py-faster-rcnn's caffe (its caffe-fast-rcnn submodule's commit): roi_pooling_param and
+    # smooth_l1_loss_param at 8266711 and 8266712, free in BVLC, so nothing moves.
+    Dialect(
+        "fast-rcnn", "rbgirshick/caffe-fast-rcnn @0dcd397",
+        {"LayerParameter": _FAST_RCNN_LAYER_FIELDS, "ROIPoolingParameter": _ROI_FIELDS,
+         "SmoothL1LossParameter": frozenset({"sigma"})},
+        frozenset({"ROIPooling", "SmoothL1Loss"}),
+    ),
+    # R-FCN's caffe: psroi_pooling_param 10001 (11001 here: Yahoo's open_nsfw caffemodel holds
+    # a field 10001 of another type in its MemoryData layer) and box_annotator_ohem_param 10000.
+    Dialect(
+        "rfcn", "daijifeng001/caffe-rfcn @543f8f6",
+        {"LayerParameter": _FAST_RCNN_LAYER_FIELDS | {"psroi_pooling_param", "box_annotator_ohem_param"},
+         "ROIPoolingParameter": _ROI_FIELDS, "PSROIPoolingParameter": _PSROI_FIELDS,
+         "BoxAnnotatorOHEMParameter": frozenset({"roi_per_img", "ignore_label"})},
+        frozenset({"ROIPooling", "SmoothL1Loss", "PSROIPooling", "BoxAnnotatorOHEM"}),
+        (Move((), 10001, _PSROI_POOLING_PARAM, frozenset({"PSROIPooling"})),),
     ),
 )}
 
