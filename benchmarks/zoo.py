@@ -282,9 +282,8 @@ def one_net(path: Path, repository: str, work: Path, args) -> Row:
         except Exception as exc:
             cells[f"ort{batch}"] = short(exc)
     try:
-        folded = export_onnx(path, weights, work / f"{path.stem}.fold.onnx", batch="dynamic", fold_bn=True).model
-        if logits:
-            folded = with_outputs(param, weights, logits, fold_bn=True)
+        folded = (with_outputs(param, weights, logits, fold_bn=True) if logits else
+                  export_onnx(path, weights, work / f"{path.stem}.fold.onnx", batch="dynamic", fold_bn=True).model)
         cells["fold"] = mark(rel(run_onnx(folded, feeds_1), want_1, checked))
     except Exception as exc:
         cells["fold"] = short(exc)
