@@ -83,6 +83,22 @@ def at_batch(net_param: caffe_pb2.NetParameter, batch: int) -> caffe_pb2.NetPara
     return out
 
 
+def sized(param: caffe_pb2.NetParameter, size: tuple[int, int]) -> bool:
+    """Give every 4-D input declared with a 1 x 1 image (OpenPose's deploys: the tool sets the
+    size at run time; "Original: 368" in their comments) the image size ``size``; whether any was."""
+    changed = False
+    shapes = [*param.input_shape, *(s for layer in param.layer if layer.type == "Input" for s in layer.input_param.shape)]
+    for shape in shapes:
+        if len(shape.dim) == 4 and shape.dim[2] == shape.dim[3] == 1:
+            shape.dim[2], shape.dim[3] = size
+            changed = True
+    for i in range(0, len(param.input_dim) - 3, 4):
+        if param.input_dim[i + 2] == param.input_dim[i + 3] == 1:
+            param.input_dim[i + 2], param.input_dim[i + 3] = size
+            changed = True
+    return changed
+
+
 @torch.no_grad()
 def randomise(net: CaffeNet, seed: int) -> None:
     """Seeded weights that keep activations at their scale (see the module docstring)."""
@@ -238,9 +254,13 @@ def one_net(path: Path, repository: str, work: Path, args) -> Row:
         return row
     cells["inspect"] = "✓"
     param = read_net(path)
+    if getattr(args, "size", None) and sized(param, args.size):
+        path = work / path.name  # the rest of the row runs on the sized copy
+        path.write_text(to_text(param))
+        row.layers = f"at {args.size[0]}x{args.size[1]}: "
     types = Counter(layer.type for layer in param.layer)
     forks = sorted(t for t in types if t in FORK_TYPES)
-    row.layers = f"{len(param.layer)}" + (f" ({', '.join(forks)})" if forks else "")
+    row.layers += f"{len(param.layer)}" + (f" ({', '.join(forks)})" if forks else "")
     weights = work / f"{path.stem}.caffemodel"
     try:
         torch.manual_seed(args.seed)
@@ -431,6 +451,8 @@ def main() -> None:
     parser.add_argument("--weights", choices=("calibrated", "he"), default="calibrated",
                         help="calibrated (default): He-normal, then the layers feeding a Sigmoid or TanH "
                              "scaled to unit output by one seeded forward (see calibrate); he: He-normal only")
+    parser.add_argument("--size", type=lambda text: tuple(int(v) for v in text.split("x")), default=None,
+                        metavar="HxW", help="run 4-D inputs declared 1x1 (sized at run time, as OpenPose's) at HxW")
     parser.add_argument("--update", action="store_true",
                         help="keep the rows of --out's table for the nets this run does not run")
     parser.add_argument("--only", default="", help="run only nets whose file name contains one of these (comma-separated)")

@@ -78,6 +78,28 @@ def test_zoo_writes_its_table_with_the_command(tmp_path: Path, monkeypatch):
     assert "| deploy | someone/nets @abc1234 | 17 (" in text
 
 
+def test_zoo_size_runs_a_net_declared_1x1_at_a_real_size(tmp_path: Path):
+    """OpenPose's deploys declare a 1 x 1 image (set at run time): --size runs them at HxW, and
+    the row says so; a net declaring a real size is left as it is."""
+    prototxt = tmp_path / "pose.prototxt"
+    prototxt.write_text('input: "image" input_dim: 1 input_dim: 3 input_dim: 1 input_dim: 1\n'
+                        'layer { name: "c" type: "Convolution" bottom: "image" top: "c" '
+                        'convolution_param { num_output: 4 kernel_size: 3 } }\n'
+                        'layer { name: "p" type: "Pooling" bottom: "c" top: "p" pooling_param { kernel_size: 2 stride: 2 } }\n')
+    args = argparse.Namespace(**{**vars(_args(False)), "size": (12, 10)})
+    row = zoo.one_net(prototxt, "ours", tmp_path, args)
+    assert row.layers == "at 12x10: 3", row.layers  # the Input layer read_net makes of input_dim
+    assert all(row.cells[key].startswith("✓ ") for key in ("ort1", "ort3", "fold")), row.cells
+    from caffe_compat.io.prototxt import read_net
+    from caffe_compat.net.builder import CaffeNet
+
+    assert CaffeNet(read_net(tmp_path / "pose.prototxt")).blob_shapes["image"] == (1, 3, 12, 10)  # the sized copy
+    fixed = tmp_path / "fixed" / "fixed.prototxt"
+    fixed.parent.mkdir()
+    fixed.write_text(prototxt.read_text().replace("input_dim: 1 input_dim: 1", "input_dim: 6 input_dim: 6"))
+    assert zoo.one_net(fixed, "ours", tmp_path, args).layers == "3"
+
+
 def test_zoo_update_keeps_the_rows_of_nets_it_did_not_run(tmp_path: Path, monkeypatch):
     """--update: a second run on another folder adds its rows and command; running a net again
     replaces its row instead of adding one."""
