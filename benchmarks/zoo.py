@@ -160,12 +160,23 @@ def short(exc: BaseException) -> str:
     return "✗ " + text.replace("|", "/")[:150]
 
 
+def im_info_feed(name: str, shapes: dict[str, tuple[int, ...]], rng: np.random.Generator) -> np.ndarray:
+    """What input ``name`` gets: N(0, 1), except Faster R-CNN's ``im_info`` (N, 3), which gets
+    [height, width, 1.0] of the first 4-D input for every image."""
+    shape = shapes[name]
+    if name == "im_info" and len(shape) == 2 and shape[1] == 3:
+        height, width = next(s[2:] for s in shapes.values() if len(s) == 4)
+        return np.tile(np.array([height, width, 1.0], np.float32), (shape[0], 1))
+    return rng.standard_normal(shape).astype(np.float32)
+
+
 def ours_at(param: caffe_pb2.NetParameter, weights: Path, batch: int, names: list[str], seed: int):
     """Our outputs at ``batch`` on a seeded N(0, 1) input, and that input."""
     net = CaffeNet(at_batch(param, batch), phase=TEST)
     net.copy_from(weights)
     rng = np.random.default_rng(seed + batch)
-    feeds = {name: rng.standard_normal(net.blob_shapes[name]).astype(np.float32) for name in net.input_names}
+    shapes = {name: net.blob_shapes[name] for name in net.input_names}
+    feeds = {name: im_info_feed(name, shapes, rng) for name in net.input_names}
     with torch.no_grad():
         out = net({k: torch.from_numpy(v) for k, v in feeds.items()}, blobs=names)
     return {k: v.float().numpy() for k, v in out.items()}, feeds

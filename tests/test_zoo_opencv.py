@@ -129,3 +129,13 @@ def test_calibrated_batchnorm_normalises_its_input(tmp_path: Path):
         out = net.forward(feeds, blobs=["bn"])["bn"].double()
     assert torch.allclose(out.mean((0, 2, 3)), torch.zeros(5, dtype=torch.float64), atol=1e-4)
     assert torch.allclose(out.var((0, 2, 3)), torch.ones(5, dtype=torch.float64), atol=1e-2)
+
+
+def test_im_info_gets_the_image_size_and_other_inputs_noise():
+    """Faster R-CNN's im_info (N, 3) is [height, width, scale] of the image: N(0, 1) there
+    would make the proposal layer clip every box to nothing."""
+    shapes = {"data": (2, 3, 60, 80), "im_info": (2, 3), "extra": (2, 3)}
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(zoo.im_info_feed("im_info", shapes, rng), [[60, 80, 1], [60, 80, 1]])
+    extra = zoo.im_info_feed("extra", shapes, rng)
+    assert extra.shape == (2, 3) and extra.dtype == np.float32 and len(np.unique(extra)) == 6
