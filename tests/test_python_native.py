@@ -299,6 +299,21 @@ def test_proposal_refuses_a_batch_of_two_and_bad_param_str():
         net_of(proposal_net(4, 4, "{\\'feat_stride\\': 16, \\'scales\\': [2, 4, 8, 16, 32]}"))
 
 
+def test_proposal_onnx_refuses_a_batch_of_two_and_inspect_shows_the_layer(tmp_path):
+    net = net_of(proposal_net(4, 4))
+    feeds = {k: np.concatenate([v, v]) for k, v in proposal_inputs(4, 4).items()}
+    with pytest.raises(Exception, match="proposal/Reshape"):
+        run_onnx(net, feeds)
+    from click.testing import CliRunner
+
+    from caffe_compat.cli import main
+
+    (tmp_path / "rpn.prototxt").write_text(proposal_net(4, 4))
+    said = CliRunner().invoke(main, ["inspect", str(tmp_path / "rpn.prototxt")])
+    assert said.exit_code == 0 and "Python (rpn.proposal_layer.ProposalLayer)" in said.output
+    assert "(1,5) (1,1,1,1)" in said.output
+
+
 def test_native_layers_never_import_and_log_once_when_running(caplog, monkeypatch, tmp_path):
     """Read-only commands build them silently; running a net logs one line per layer kind and
     still does not import the module on PYTHONPATH (here one that would fail)."""
