@@ -139,6 +139,11 @@ def randomise(net: CaffeNet, seed: int) -> None:
 WEIGHTED = {"Convolution", "Deconvolution", "InnerProduct", "DepthwiseConvolution", "ConvolutionDepthwise"}
 #: Saturating nonlinearities: a trained net keeps their inputs near the linear part.
 GATES = {"Sigmoid", "TanH"}
+#: py-faster-rcnn's proposal layer (python_param module, layer), native in caffe_compat.
+PROPOSAL = ("rpn.proposal_layer", "ProposalLayer")
+#: The standard deviations of a trained RPN's fg/bg logits and box deltas (the proposal
+#: layer's first two bottoms).
+RPN_STD = (2.0, 0.2)
 
 
 @torch.no_grad()
@@ -169,13 +174,31 @@ def calibrate(net: CaffeNet, seed: int) -> None:
 
     hooks = [step.layer.register_forward_hook(unit_scale) for step in net.steps
              if step.type in WEIGHTED and step.tops[0] in gates and len(step.layer.blobs)]
-    if not hooks:
-        return
     try:
-        net.run(feeds, record=True, keep=set())  # record: every layer on its own, hooks included
+        if hooks:
+            net.run(feeds, record=True, keep=set())  # record: every layer on its own, hooks included
     finally:
         for hook in hooks:
             hook.remove()
+    # RPN heads: random He weights give box deltas in the thousands (every proposal the whole
+    # image, one roi after NMS: nothing checked) and saturated scores; a trained RPN's are small.
+    for step in proposals(net):
+        for blob, std in zip(step.bottoms[:2], RPN_STD):
+            head = source_convolution(net, blob)
+            out = net.forward(feeds, blobs=[head.tops[0]])[head.tops[0]].double()
+            for weight in head.layer.blobs:
+                weight.mul_(std / float(out.std()))
+
+
+def source_convolution(net: CaffeNet, blob: str):
+    """The Convolution step that ``blob`` comes from through one-bottom layers (Reshape, Softmax)."""
+    while True:
+        step = [s for s in net.steps if blob in s.tops][-1]
+        if step.type == "Convolution":
+            return step
+        if len(step.bottoms) != 1:
+            raise CaffeCompatError(f"'{blob}' does not come from one convolution")
+        blob = step.bottoms[0]
 
 
 def rel(got: dict[str, np.ndarray], want: dict[str, np.ndarray], names: list[str] | None = None) -> float:
@@ -200,12 +223,16 @@ def short(exc: BaseException) -> str:
 
 
 def feed(net: CaffeNet, name: str, rng: np.random.Generator) -> np.ndarray:
-    """A seeded value for input ``name``: N(0, 1), except that an (R, 5) input named like
-    ``rois`` gets valid ROIs [batch_index, x1, y1, x2, y2]: index below the first 4-axis input's
-    batch, x1 <= x2 < W and y1 <= y2 < H of that input in image pixels (its size over the
-    ``spatial_scale`` of the layer pooling the ROIs; detection nets' second halves)."""
+    """A seeded value for input ``name``: N(0, 1), except two inputs of detection nets. Faster
+    R-CNN's ``im_info`` (N, 3) gets [height, width, 1.0] of the first 4-axis input for every
+    image. An (R, 5) input named like ``rois`` gets valid ROIs [batch_index, x1, y1, x2, y2]:
+    index below the first 4-axis input's batch, x1 <= x2 < W and y1 <= y2 < H of that input in
+    image pixels (its size over the ``spatial_scale`` of the layer pooling the ROIs; detection
+    nets' second halves)."""
     shape = net.blob_shapes[name]
     images = [net.blob_shapes[n] for n in net.input_names if len(net.blob_shapes[n]) == 4]
+    if name == "im_info" and len(shape) == 2 and shape[1] == 3 and images:
+        return np.tile(np.array([*images[0][2:], 1.0], np.float32), (shape[0], 1))
     if "roi" not in name.lower() or len(shape) != 2 or shape[1] != 5 or not images:
         return rng.standard_normal(shape).astype(np.float32)
     readers = {name} | {t for s in net.steps if s.type == "Split" and s.bottoms[0] == name for t in s.tops}
@@ -218,15 +245,62 @@ def feed(net: CaffeNet, name: str, rng: np.random.Generator) -> np.ndarray:
     return np.stack([index, x[:, 0], y[:, 0], x[:, 1], y[:, 1]], 1).astype(np.float32)
 
 
-def ours_at(param: caffe_pb2.NetParameter, weights: Path, batch: int, names: list[str], seed: int):
-    """Our outputs at ``batch`` on a seeded N(0, 1) input, and that input."""
+def ours_at(param: caffe_pb2.NetParameter, weights: Path, batch: int, names: list[str], seed: int,
+            given: dict[str, np.ndarray] | None = None):
+    """Our outputs at ``batch`` on a seeded input (see :func:`feed`), and that input. ``given``:
+    the tops of the proposal layers as another runtime computed them, used instead of ours."""
     net = CaffeNet(at_batch(param, batch), phase=TEST)
     net.copy_from(weights)
     rng = np.random.default_rng(seed + batch)
     feeds = {name: feed(net, name, rng) for name in net.input_names}
-    with torch.no_grad():
-        out = net({k: torch.from_numpy(v) for k, v in feeds.items()}, blobs=names)
+
+    def theirs(module, inputs, output):
+        return tuple(torch.from_numpy(given[top]) for top in module_tops[module])
+
+    module_tops = {step.layer: step.tops for step in proposals(net)}
+    hooks = [layer.register_forward_hook(theirs) for layer in module_tops] if given else []
+    try:
+        with torch.no_grad():
+            out = net({k: torch.from_numpy(v) for k, v in feeds.items()}, blobs=names)
+    finally:
+        for hook in hooks:
+            hook.remove()
     return {k: v.float().numpy() for k, v in out.items()}, feeds
+
+
+def proposals(net: CaffeNet) -> list:
+    """The steps of py-faster-rcnn's ProposalLayer (native, caffe_compat.net.layers.python_native)."""
+    return [step for step in net.steps if step.type == "Python"
+            and (step.layer.param.python_param.module, step.layer.param.python_param.layer) == PROPOSAL]
+
+
+@torch.no_grad()
+def agreement(param, weights: Path, model, batch: int, names: list[str], checked: list[str], seed: int,
+              plain: tuple[dict, dict] | None = None) -> str:
+    """onnxruntime against us on one seeded batch, as a cell. A net with proposal layers (top-k
+    and NMS: a 1e-6 difference upstream may swap two near-equal scores, and so whole boxes) is
+    checked in two parts: each proposal layer of ours run on onnxruntime's own inputs gives
+    onnxruntime's rois, and the whole net of ours run with onnxruntime's rois gives onnxruntime's
+    outputs (every blob continuous in its inputs then)."""
+    net = CaffeNet(at_batch(param, batch), phase=TEST)
+    steps = proposals(net)
+    if not steps:
+        want, feeds = plain or ours_at(param, weights, batch, names, seed)
+        return mark(rel(run_onnx(model, feeds), want, checked))
+    net.copy_from(weights)
+    _, feeds = ours_at(param, weights, batch, [], seed)
+    got = run_onnx(model, feeds)
+    worst = 0.0
+    for step in steps:
+        bottoms = [torch.from_numpy(got[b] if b in got else feeds[b]) for b in step.bottoms]
+        mine = {top: value.numpy() for top, value in zip(step.tops, step.layer(*bottoms))}
+        worst = max(worst, rel(mine, {top: got[top] for top in step.tops}))
+    given = {top: got[top] for step in steps for top in step.tops}
+    inputs = [b for step in steps for b in step.bottoms[:2] if b not in names]
+    want, _ = ours_at(param, weights, batch, names + inputs, seed, given=given)
+    worst = max(worst, rel(got, want, checked + inputs))
+    rois = sum(len(given[step.tops[0]]) for step in steps)
+    return mark(worst) + f" (proposals on onnxruntime's inputs, {rois} rois)"
 
 
 def with_outputs(param: caffe_pb2.NetParameter, weights: Path, extra: list[str], fold_bn: bool):
@@ -290,21 +364,26 @@ def one_net(path: Path, repository: str, work: Path, args) -> Row:
     names = outputs + [b for b in logits if b not in outputs]
     # a softmax of huge logits amplifies float32 rounding without bound: judge it by its logits
     checked = [n for n in outputs if n not in {s.tops[0] for s in final_softmax}] + logits
-    model = with_outputs(param, weights, logits, fold_bn=False) if logits else result.model
+    # proposal layers: their inputs and rois as graph outputs too (see agreement)
+    extra = logits + [b for s in proposals(net) for b in [*s.bottoms[:2], *s.tops] if b not in outputs]
+    model = with_outputs(param, weights, extra, fold_bn=False) if extra else result.model
     want_1, feeds_1 = ours_at(param, weights, 1, names, args.seed)
     for batch in (1, 3):
         if batch == 3 and big:
             cells["ort3"] = f"skipped (> {args.big:g} M weights)"
             continue
+        if batch == 3 and proposals(net):
+            cells["ort3"] = "skipped (batch 1 only, as py-faster-rcnn's ProposalLayer)"
+            continue
         try:
-            want, feeds = (want_1, feeds_1) if batch == 1 else ours_at(param, weights, batch, names, args.seed)
-            cells[f"ort{batch}"] = mark(rel(run_onnx(model, feeds), want, checked))
+            plain = (want_1, feeds_1) if batch == 1 else None
+            cells[f"ort{batch}"] = agreement(param, weights, model, batch, names, checked, args.seed, plain)
         except Exception as exc:
             cells[f"ort{batch}"] = short(exc)
     try:
-        folded = (with_outputs(param, weights, logits, fold_bn=True) if logits else
+        folded = (with_outputs(param, weights, extra, fold_bn=True) if extra else
                   export_onnx(path, weights, work / f"{path.stem}.fold.onnx", batch="dynamic", fold_bn=True).model)
-        cells["fold"] = mark(rel(run_onnx(folded, feeds_1), want_1, checked))
+        cells["fold"] = agreement(param, weights, folded, 1, names, checked, args.seed, (want_1, feeds_1))
     except Exception as exc:
         cells["fold"] = short(exc)
     batch_1 = work / f"{path.stem}.b1.prototxt"

@@ -253,3 +253,15 @@ def test_opencv_oracle_takes_input_names_with_a_slash(tmp_path: Path):
     got, error = oracle.opencv_forward(prototxt, "", {"conv5_5/sep": a, "b": b})
     assert error is None
     np.testing.assert_array_equal(got["sum"], a * b)
+
+
+def test_im_info_gets_the_image_size_and_other_inputs_noise():
+    """Faster R-CNN's im_info (N, 3) is [height, width, scale] of the image: N(0, 1) there
+    would make the proposal layer clip every box to nothing."""
+    net = CaffeNet(parse_net_text('input: "data" input_shape { dim: 2 dim: 3 dim: 60 dim: 80 }\n'
+                                  'input: "im_info" input_shape { dim: 2 dim: 3 }\n'
+                                  'input: "extra" input_shape { dim: 2 dim: 3 }\n'))
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(zoo.feed(net, "im_info", rng), [[60, 80, 1], [60, 80, 1]])
+    extra = zoo.feed(net, "extra", rng)
+    assert extra.shape == (2, 3) and extra.dtype == np.float32 and len(np.unique(extra)) == 6

@@ -47,6 +47,11 @@ def user_code_refused(why: str) -> Iterator[None]:
         _REFUSED.reset(token)
 
 
+def user_code_refusal() -> str | None:
+    """Why user code may not be imported now (the read-only command's name), or None."""
+    return _REFUSED.get()
+
+
 def python_layer_name(param) -> str:
     """``module.layer`` of a Python layer, as inspect shows it."""
     return f"{param.python_param.module}.{param.python_param.layer}"

@@ -34,7 +34,7 @@ from caffe_compat.errors import CaffeCompatError, where
 from caffe_compat.net.builder import CaffeNet, Step
 from caffe_compat.net.fold import fold_batchnorm
 from caffe_compat.net.registry import TEST, Shape
-from caffe_compat.net.user_code import user_code_refused
+from caffe_compat.net.user_code import python_layer_name, user_code_refused
 from caffe_compat.onnx.converters import DROPPED_TYPES, converter_for
 from caffe_compat.onnx.emit import Emit
 from caffe_compat.onnx.graph import OnnxGraph
@@ -369,7 +369,8 @@ def net_to_onnx(net: CaffeNet, opset: int = DEFAULT_OPSET, dynamic_batch: bool =
                     notes.append(f"left out top '{blob}' of data layer '{step.name}' (no exported layer reads it)")
             continue
         emit = Emit(graph, step)
-        converter_for(step.name, step.type)(emit)
+        native = step.type == "Python"  # a native Python layer's converter is keyed as its layer class
+        converter_for(step.name, f"Python:{python_layer_name(step.layer.param)}" if native else step.type)(emit)
         missing = set(range(len(step.tops))) - emit.emitted()
         if missing:
             raise emit.fail(f"its converter wrote no value for top(s) {sorted(missing)}")
