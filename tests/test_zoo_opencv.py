@@ -100,6 +100,43 @@ def test_zoo_size_runs_a_net_declared_1x1_at_a_real_size(tmp_path: Path):
     assert zoo.one_net(fixed, "ours", tmp_path, args).layers == "3"
 
 
+FASTER_RCNN = """
+name: "faster_rcnn"
+input: "data" input_shape { dim: 1 dim: 3 dim: 64 dim: 80 }
+input: "im_info" input_shape { dim: 1 dim: 3 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "features"
+  convolution_param { num_output: 8 kernel_size: 16 stride: 16 } }
+layer { name: "rpn_cls_score" type: "Convolution" bottom: "features" top: "rpn_cls_score"
+  convolution_param { num_output: 18 kernel_size: 1 } }
+layer { name: "rpn_bbox_pred" type: "Convolution" bottom: "features" top: "rpn_bbox_pred"
+  convolution_param { num_output: 36 kernel_size: 1 } }
+layer { name: "rpn_cls_score_reshape" type: "Reshape" bottom: "rpn_cls_score" top: "rpn_cls_score_reshape"
+  reshape_param { shape { dim: 0 dim: 2 dim: -1 dim: 0 } } }
+layer { name: "rpn_cls_prob" type: "Softmax" bottom: "rpn_cls_score_reshape" top: "rpn_cls_prob" }
+layer { name: "rpn_cls_prob_reshape" type: "Reshape" bottom: "rpn_cls_prob" top: "rpn_cls_prob_reshape"
+  reshape_param { shape { dim: 0 dim: 18 dim: -1 dim: 0 } } }
+layer { name: "proposal" type: "Python" bottom: "rpn_cls_prob_reshape" bottom: "rpn_bbox_pred" bottom: "im_info"
+  top: "rois" python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "'feat_stride': 16" } }
+layer { name: "roi_pool" type: "ROIPooling" bottom: "features" bottom: "rois" top: "pooled"
+  roi_pooling_param { pooled_h: 2 pooled_w: 2 spatial_scale: 0.0625 } }
+layer { name: "cls_score" type: "InnerProduct" bottom: "pooled" top: "cls_score" inner_product_param { num_output: 3 } }
+"""
+
+
+def test_zoo_checks_a_proposal_net_in_two_parts(tmp_path: Path):
+    """A Faster R-CNN net: our proposal layer on onnxruntime's own inputs gives its rois, and our
+    net on its rois gives its outputs; batch 3 is skipped (one image, as py-faster-rcnn's layer);
+    the RPN heads are calibrated so that more than one roi survives NMS."""
+    prototxt = tmp_path / "faster.prototxt"
+    prototxt.write_text(FASTER_RCNN)
+    row = zoo.one_net(prototxt, "ours", tmp_path, _args(False))
+    for key in ("ort1", "fold"):
+        assert re.fullmatch(r"✓ \S+ \(proposals on onnxruntime's inputs, \d+ rois\)", row.cells[key]), row.cells
+        assert int(row.cells[key].split(", ")[1].split()[0]) > 1
+    assert row.cells["ort3"].startswith("skipped (batch 1 only")
+    assert zoo.passes(row)
+
+
 def test_zoo_update_keeps_the_rows_of_nets_it_did_not_run(tmp_path: Path, monkeypatch):
     """--update: a second run on another folder adds its rows and command; running a net again
     replaces its row instead of adding one."""
