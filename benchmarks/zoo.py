@@ -183,11 +183,11 @@ def calibrate(net: CaffeNet, seed: int) -> None:
     # RPN heads: random He weights give box deltas in the thousands (every proposal the whole
     # image, one roi after NMS: nothing checked) and saturated scores; a trained RPN's are small.
     for step in proposals(net):
-        for blob, std in zip(step.bottoms[:2], RPN_STD):
-            head = source_convolution(net, blob)
-            out = net.forward(feeds, blobs=[head.tops[0]])[head.tops[0]].double()
+        heads = [source_convolution(net, blob) for blob in step.bottoms[:2]]
+        out = net.forward(feeds, blobs=[head.tops[0] for head in heads])  # parallel heads: one pass
+        for head, std in zip(heads, RPN_STD):
             for weight in head.layer.blobs:
-                weight.mul_(std / float(out.std()))
+                weight.mul_(std / float(out[head.tops[0]].double().std()))
 
 
 def source_convolution(net: CaffeNet, blob: str):
@@ -251,8 +251,7 @@ def ours_at(param: caffe_pb2.NetParameter, weights: Path, batch: int, names: lis
     the tops of the proposal layers as another runtime computed them, used instead of ours."""
     net = CaffeNet(at_batch(param, batch), phase=TEST)
     net.copy_from(weights)
-    rng = np.random.default_rng(seed + batch)
-    feeds = {name: feed(net, name, rng) for name in net.input_names}
+    feeds = feeds_at(net, batch, seed)
 
     def theirs(module, inputs, output):
         return tuple(torch.from_numpy(given[top]) for top in module_tops[module])
@@ -266,6 +265,12 @@ def ours_at(param: caffe_pb2.NetParameter, weights: Path, batch: int, names: lis
         for hook in hooks:
             hook.remove()
     return {k: v.float().numpy() for k, v in out.items()}, feeds
+
+
+def feeds_at(net: CaffeNet, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """The seeded input of every run at ``batch`` (see :func:`feed`)."""
+    rng = np.random.default_rng(seed + batch)
+    return {name: feed(net, name, rng) for name in net.input_names}
 
 
 def proposals(net: CaffeNet) -> list:
@@ -288,7 +293,7 @@ def agreement(param, weights: Path, model, batch: int, names: list[str], checked
         want, feeds = plain or ours_at(param, weights, batch, names, seed)
         return mark(rel(run_onnx(model, feeds), want, checked))
     net.copy_from(weights)
-    _, feeds = ours_at(param, weights, batch, [], seed)
+    feeds = feeds_at(net, batch, seed)
     got = run_onnx(model, feeds)
     worst = 0.0
     for step in steps:
