@@ -273,6 +273,15 @@ def feeds_at(net: CaffeNet, batch: int, seed: int) -> dict[str, np.ndarray]:
     return {name: feed(net, name, rng) for name in net.input_names}
 
 
+def origin(net: CaffeNet, blob: str) -> str:
+    """The blob that ``blob`` is a copy of through Caffe's implicit Split layers (an FPN net's
+    proposal layers read ``im_info`` through them): the name a graph output or feed has."""
+    splits = {top: step.bottoms[0] for step in net.steps if step.type == "Split" for top in step.tops}
+    while blob in splits:
+        blob = splits[blob]
+    return blob
+
+
 def proposals(net: CaffeNet) -> list:
     """The steps of py-faster-rcnn's ProposalLayer (native, caffe_compat.net.layers.python_native)."""
     return [step for step in net.steps if step.type == "Python"
@@ -297,11 +306,11 @@ def agreement(param, weights: Path, model, batch: int, names: list[str], checked
     got = run_onnx(model, feeds)
     worst = 0.0
     for step in steps:
-        bottoms = [torch.from_numpy(got[b] if b in got else feeds[b]) for b in step.bottoms]
+        bottoms = [torch.from_numpy(got[b] if b in got else feeds[b]) for b in (origin(net, b) for b in step.bottoms)]
         mine = {top: value.numpy() for top, value in zip(step.tops, step.layer(*bottoms))}
         worst = max(worst, rel(mine, {top: got[top] for top in step.tops}))
     given = {top: got[top] for step in steps for top in step.tops}
-    inputs = [b for step in steps for b in step.bottoms[:2] if b not in names]
+    inputs = [b for step in steps for b in (origin(net, b) for b in step.bottoms[:2]) if b not in names]
     want, _ = ours_at(param, weights, batch, names + inputs, seed, given=given)
     worst = max(worst, rel(got, want, checked + inputs))
     rois = sum(len(given[step.tops[0]]) for step in steps)
@@ -370,7 +379,7 @@ def one_net(path: Path, repository: str, work: Path, args) -> Row:
     # a softmax of huge logits amplifies float32 rounding without bound: judge it by its logits
     checked = [n for n in outputs if n not in {s.tops[0] for s in final_softmax}] + logits
     # proposal layers: their inputs and rois as graph outputs too (see agreement)
-    extra = logits + [b for s in proposals(net) for b in [*s.bottoms[:2], *s.tops] if b not in outputs]
+    extra = logits + [b for s in proposals(net) for b in [*(origin(net, b) for b in s.bottoms[:2]), *s.tops] if b not in outputs]
     model = with_outputs(param, weights, extra, fold_bn=False) if extra else result.model
     want_1, feeds_1 = ours_at(param, weights, 1, names, args.seed)
     for batch in (1, 3):
