@@ -80,5 +80,10 @@ def opencv_forward(prototxt: str | os.PathLike[str], caffemodel: str | os.PathLi
             return {}, f"OpenCV crashed (exit {done.returncode}): {tail[:200]}"
         said = json.loads(lines[-1])
         if "error" in said:
+            # a prototxt OpenCV's caffe.proto cannot read: protobuf names the field on stderr
+            parse = [line.split("NetParameter: ", 1)[1] for line in done.stderr.splitlines()
+                     if "Error parsing text-format" in line and "NetParameter: " in line]
+            if "Failed to parse" in said["error"] and parse:
+                return {}, f"cannot parse the prototxt: {parse[0].replace('opencv_caffe.', '')}"
             return {}, said["error"]
         return {name: np.load(Path(folder) / f"out_{i}.npy") for i, name in enumerate(said["outputs"])}, None
