@@ -38,7 +38,8 @@ try:
         for i, name in enumerate(json.load(listed)):
             net.setInput(np.load(os.path.join(folder, "in_%d.npy" % i)), name)
     names = list(net.getUnconnectedOutLayersNames())
-    names += [name for name in extra if name not in names]
+    known = set(net.getLayerNames())  # OpenCV may rename a layer after its top (OpenPose's net_output)
+    names += [name for name in extra if name not in names and name in known]
     outs = net.forward(names)
     for i, out in enumerate(outs):
         np.save(os.path.join(folder, "out_%d.npy" % i), np.asarray(out))
